@@ -1,0 +1,1 @@
+"""Event schema, per-device window features and the MLTransform spec, shared by training and streaming."""

@@ -1,0 +1,53 @@
+"""MLTransform over feature batches: fitted once in training (write mode), applied in streaming (read mode).
+
+Each element is one device batch: a column per feature holding that batch's values, plus the batch itself passed
+through untouched, so the TFT graph runs once per batch rather than once per event.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.transforms.base import MLTransform
+
+from features.schema import FeatureBatch
+from features.spec import FeatureSpec, scaling_transform
+
+_DEVICE, _BATCH = "__device_id", "__batch"
+
+
+def _to_columns(element: tuple[str, FeatureBatch], names: list[str]) -> dict:
+    device_id, batch = element
+    columns = {name: batch.features[:, i].tolist() for i, name in enumerate(names)}
+    columns[_DEVICE] = device_id
+    columns[_BATCH] = dataclasses.replace(batch, features=None)
+    return columns
+
+
+def _from_row(row, names: list[str]) -> tuple[str, FeatureBatch]:
+    scaled = np.stack([np.asarray(getattr(row, name), dtype=np.float32) for name in names], axis=1)
+    return getattr(row, _DEVICE), dataclasses.replace(getattr(row, _BATCH), features=scaled)
+
+
+@beam.ptransform_fn
+def ScaleFeatures(batches: beam.PCollection, spec: FeatureSpec, artifact_dir: str | Path, fit: bool = False):
+    """(device_id, FeatureBatch) -> (device_id, FeatureBatch with z-scored features).
+
+    ``fit=True`` analyses the (bounded) input and writes the artifacts to ``artifact_dir``, which must not exist yet;
+    otherwise the artifacts are read from there.
+    """
+    names = spec.feature_names
+    location = str(artifact_dir)
+    transform = (
+        MLTransform(write_artifact_location=location).with_transform(scaling_transform(spec))
+        if fit
+        else MLTransform(read_artifact_location=location)
+    )
+    return (
+        batches
+        | "ToColumns" >> beam.Map(_to_columns, names)
+        | "MLTransform" >> transform
+        | "FromColumns" >> beam.Map(_from_row, names)
+    )

@@ -1,0 +1,235 @@
+"""Sensor event schema: the wire format, its validation, and the columnar batches the pipeline passes on.
+
+Wire format (one JSON object per message)::
+
+    {"device_id": "pump-003", "ts": 1767225600.0, "event_id": "pump-003-42",
+     "readings": {"flow_rate": 101.3, "pressure": 4.1, ...}}
+
+``ts`` is epoch seconds (number) or an ISO-8601 string; ``event_id`` is optional (derived from device and time when
+absent). Every sensor named in the feature spec must be present, numeric and finite.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+
+import numpy as np
+
+
+class DeadLetterReason:
+    """Why an event was rejected; the values are what the dead-letter sink stores."""
+
+    BAD_JSON = "bad_json"
+    OVERSIZE = "oversize"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    NON_FINITE = "non_finite"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    UNKNOWN_DEVICE = "unknown_device"
+    INFERENCE_ERROR = "inference_error"
+
+
+@dataclasses.dataclass(frozen=True)
+class RawEvent:
+    """A payload as it arrived, with the wall-clock second it was received (the latency clock starts here)."""
+
+    payload: bytes | str
+    received_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """A rejected event: the raw payload, a machine-readable reason and a human-readable detail."""
+
+    reason: str
+    detail: str
+    payload: str
+    received_at: float
+    device_id: str | None = None
+
+
+@dataclasses.dataclass
+class EventBatch:
+    """Valid events of one device, in arrival order, as columns."""
+
+    device_id: str
+    event_ids: np.ndarray  # (n,) object
+    ts: np.ndarray  # (n,) float64 epoch seconds (event time)
+    values: np.ndarray  # (n, n_sensors) float64
+    received_at: np.ndarray  # (n,) float64 wall-clock seconds
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclasses.dataclass
+class FeatureBatch:
+    """An event batch with one feature row per event."""
+
+    events: EventBatch
+    features: np.ndarray  # (n, n_features) float32
+    filled: np.ndarray  # (n,) readings in each row's window; below the window size the device is warming up
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+@dataclasses.dataclass(frozen=True)
+class EventRules:
+    """What a valid event is: its sensors, the devices we know (None: any) and limits."""
+
+    sensors: tuple[str, ...]
+    known_devices: frozenset[str] | None = None
+    max_future_s: float = 300.0
+    max_payload_bytes: int = 65536
+
+
+class EventError(ValueError):
+    """An event that breaks the schema; ``reason`` is a DeadLetterReason value."""
+
+    def __init__(self, reason: str, detail: str, device_id: str | None = None):
+        super().__init__(detail)
+        self.reason = reason
+        self.device_id = device_id
+
+
+def parse_timestamp(value: object) -> float:
+    """Epoch seconds from a number or an ISO-8601 string (naive strings are UTC)."""
+    if isinstance(value, bool):
+        raise EventError(DeadLetterReason.WRONG_TYPE, f"field 'ts' must be a number or ISO-8601 string, got {value!r}")
+    if isinstance(value, (int, float)):
+        ts = float(value)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise EventError(DeadLetterReason.WRONG_TYPE, f"field 'ts' is not ISO-8601: {value!r}") from exc
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        ts = parsed.timestamp()
+    else:
+        raise EventError(DeadLetterReason.WRONG_TYPE, f"field 'ts' must be a number or ISO-8601 string, got {type(value).__name__}")
+    if not math.isfinite(ts):
+        raise EventError(DeadLetterReason.NON_FINITE, "field 'ts' is not finite")
+    return ts
+
+
+def validate_event(obj: object, rules: EventRules, now: float) -> tuple[str, str, float, list[float]]:
+    """Check one decoded event; returns (device_id, event_id, ts, readings in sensor order) or raises EventError."""
+    if not isinstance(obj, dict):
+        raise EventError(DeadLetterReason.WRONG_TYPE, f"event must be a JSON object, got {type(obj).__name__}")
+    for field in ("device_id", "ts", "readings"):
+        if field not in obj:
+            raise EventError(DeadLetterReason.MISSING_FIELD, f"missing field '{field}'")
+    device_id = obj["device_id"]
+    if not isinstance(device_id, str) or not device_id:
+        raise EventError(DeadLetterReason.WRONG_TYPE, "field 'device_id' must be a non-empty string")
+    ts = parse_timestamp(obj["ts"])
+    if ts > now + rules.max_future_s:
+        raise EventError(
+            DeadLetterReason.FUTURE_TIMESTAMP,
+            f"event time {ts:.3f} is {ts - now:.0f} s ahead of the clock (limit {rules.max_future_s:.0f} s)",
+            device_id,
+        )
+    if rules.known_devices is not None and device_id not in rules.known_devices:
+        raise EventError(DeadLetterReason.UNKNOWN_DEVICE, f"unknown device '{device_id}'", device_id)
+    readings = obj["readings"]
+    if not isinstance(readings, dict):
+        raise EventError(DeadLetterReason.WRONG_TYPE, "field 'readings' must be an object", device_id)
+    values = []
+    for sensor in rules.sensors:
+        if sensor not in readings:
+            raise EventError(DeadLetterReason.MISSING_FIELD, f"missing reading '{sensor}'", device_id)
+        value = readings[sensor]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EventError(DeadLetterReason.WRONG_TYPE, f"reading '{sensor}' must be a number, got {value!r}", device_id)
+        if not math.isfinite(value):
+            raise EventError(DeadLetterReason.NON_FINITE, f"reading '{sensor}' is not finite", device_id)
+        values.append(float(value))
+    event_id = obj.get("event_id")
+    if event_id is None:
+        event_id = f"{device_id}@{ts:.6f}"
+    elif not isinstance(event_id, str):
+        raise EventError(DeadLetterReason.WRONG_TYPE, "field 'event_id' must be a string", device_id)
+    return device_id, event_id, ts, values
+
+
+def _payload_text(payload: bytes | str) -> str:
+    return payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+
+
+def parse_events(raws: Iterable[RawEvent], rules: EventRules, now: float) -> tuple[list[EventBatch], list[DeadLetter]]:
+    """Decode and validate a batch of raw payloads into per-device event batches (arrival order kept) and dead letters."""
+    columns: dict[str, tuple[list, list, list, list]] = {}
+    dead: list[DeadLetter] = []
+    for raw in raws:
+        payload = raw.payload
+        try:
+            if len(payload) > rules.max_payload_bytes:
+                raise EventError(DeadLetterReason.OVERSIZE, f"payload of {len(payload)} bytes exceeds {rules.max_payload_bytes}")
+            try:
+                obj = json.loads(payload)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise EventError(DeadLetterReason.BAD_JSON, f"invalid JSON: {exc}") from exc
+            device_id, event_id, ts, values = validate_event(obj, rules, now)
+        except EventError as err:
+            text = _payload_text(payload)[: rules.max_payload_bytes]
+            dead.append(DeadLetter(err.reason, str(err), text, raw.received_at, err.device_id))
+            continue
+        cols = columns.setdefault(device_id, ([], [], [], []))
+        cols[0].append(event_id)
+        cols[1].append(ts)
+        cols[2].append(values)
+        cols[3].append(raw.received_at)
+    batches = [
+        EventBatch(
+            device_id=device,
+            event_ids=np.asarray(ids, dtype=object),
+            ts=np.asarray(ts, dtype=np.float64),
+            values=np.asarray(values, dtype=np.float64).reshape(len(ts), len(rules.sensors)),
+            received_at=np.asarray(received, dtype=np.float64),
+        )
+        for device, (ids, ts, values, received) in columns.items()
+    ]
+    return batches, dead
+
+
+def event_payload(device_id: str, ts: float, readings: dict[str, float], event_id: str | None = None) -> str:
+    """The JSON wire form of one event (what simulators, replays and publishers send)."""
+    values = np.asarray([list(readings.values())], dtype=np.float64)
+    return encode_events([device_id], [ts], values, tuple(readings), None if event_id is None else [event_id])[0]
+
+
+def _number(value: float) -> str:
+    return repr(value) if math.isfinite(value) else json.dumps(value)
+
+
+def encode_events(device_ids: Sequence[str], ts: Sequence[float], values: np.ndarray, sensors: Sequence[str],
+                  event_ids: Sequence[str] | None = None) -> list[str]:
+    """JSON wire payloads for many events at once (columns in, one string per event out)."""
+    quoted: dict[str, str] = {}
+    keys = [json.dumps(sensor) + ":" for sensor in sensors]
+    payloads = []
+    for i, (device_id, when, row) in enumerate(zip(device_ids, np.asarray(ts, dtype=np.float64).tolist(),
+                                                   np.asarray(values, dtype=np.float64).tolist())):
+        device = quoted.get(device_id) or quoted.setdefault(device_id, json.dumps(device_id))
+        readings = ",".join(key + _number(v) for key, v in zip(keys, row))
+        event = f',"event_id":{json.dumps(event_ids[i])}' if event_ids is not None else ""
+        payloads.append(f'{{"device_id":{device},"ts":{_number(when)}{event},"readings":{{{readings}}}}}')
+    return payloads
+
+
+def concat_batches(batches: Sequence[EventBatch]) -> EventBatch:
+    """One batch from several batches of the same device, in order."""
+    if len(batches) == 1:
+        return batches[0]
+    return EventBatch(
+        device_id=batches[0].device_id,
+        event_ids=np.concatenate([b.event_ids for b in batches]),
+        ts=np.concatenate([b.ts for b in batches]),
+        values=np.concatenate([b.values for b in batches]),
+        received_at=np.concatenate([b.received_at for b in batches]),
+    )

@@ -1,0 +1,62 @@
+"""Rolling-window features over one device's recent readings: a pure numpy function shared by batch and stream.
+
+Row i's features depend only on rows max(0, i - W + 1) .. i, always computed over the same W-slot window (missing
+history is NaN and ignored), so a row gets bit-identical features whether it is computed in a whole-series batch job
+or in a streaming step that carries the last W - 1 rows as state.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+STATS: tuple[str, ...] = ("last", "mean", "std", "min", "max", "slope")
+
+
+def feature_names(sensors: tuple[str, ...] | list[str], stats: tuple[str, ...] = STATS) -> list[str]:
+    """Feature column names, sensor-major: ``<sensor>__<stat>``."""
+    return [f"{sensor}__{stat}" for sensor in sensors for stat in stats]
+
+
+def pad_history(history: np.ndarray, window: int, n_sensors: int) -> np.ndarray:
+    """The last ``window - 1`` rows of history, NaN-padded at the front to exactly ``window - 1`` rows."""
+    keep = history[-(window - 1):] if window > 1 else history[:0]
+    pad = np.full((window - 1 - len(keep), n_sensors), np.nan)
+    return np.concatenate([pad, keep.reshape(-1, n_sensors)])
+
+
+def window_features(history: np.ndarray, rows: np.ndarray, window: int, stats: tuple[str, ...] = STATS) -> np.ndarray:
+    """Features for each of ``rows`` (n, S) given the device's earlier readings ``history`` (h, S), h may be 0.
+
+    Returns (n, S * len(stats)) float32 in ``feature_names`` order.
+    """
+    n, n_sensors = rows.shape
+    series = np.concatenate([pad_history(history, window, n_sensors), rows.astype(np.float64)])
+    windows = np.lib.stride_tricks.sliding_window_view(series, window, axis=0)  # (n, S, W)
+    present = ~np.isnan(windows)
+    count = present.sum(axis=2)
+    filled = np.where(present, windows, 0.0)
+    mean = filled.sum(axis=2) / count
+    centred = np.where(present, windows - mean[..., None], 0.0)
+    out = {
+        "last": rows.astype(np.float64),
+        "mean": mean,
+        "std": np.sqrt((centred * centred).sum(axis=2) / count),
+        "min": np.where(present, windows, np.inf).min(axis=2),
+        "max": np.where(present, windows, -np.inf).max(axis=2),
+    }
+    if "slope" in stats:
+        t = np.arange(window, dtype=np.float64)
+        t_mean = np.where(present, t, 0.0).sum(axis=2) / count
+        t_centred = np.where(present, t - t_mean[..., None], 0.0)
+        t_var = (t_centred * t_centred).sum(axis=2)
+        out["slope"] = np.divide((t_centred * centred).sum(axis=2), t_var, out=np.zeros_like(t_var), where=t_var > 0)
+    return np.stack([out[stat] for stat in stats], axis=2).reshape(n, n_sensors * len(stats)).astype(np.float32)
+
+
+def window_fill(history_len: int, n: int, window: int) -> np.ndarray:
+    """How many readings each of the next ``n`` rows' windows holds after ``history_len`` earlier readings."""
+    return np.minimum(window, history_len + np.arange(1, n + 1))
+
+
+def series_features(values: np.ndarray, window: int, stats: tuple[str, ...] = STATS) -> np.ndarray:
+    """Features for a whole device series from its first reading (the batch path)."""
+    return window_features(values[:0], values, window, stats)

@@ -1,0 +1,1 @@
+"""Streaming inference pipeline: sources, model runners, alerting, sinks and run reports."""

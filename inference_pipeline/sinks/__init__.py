@@ -1,0 +1,1 @@
+"""Result sinks: where predictions, alerts and dead letters are written."""

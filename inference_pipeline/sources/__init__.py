@@ -1,0 +1,1 @@
+"""Event sources: unbounded readers that turn broker messages into RawEvents."""

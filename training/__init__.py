@@ -1,0 +1,1 @@
+"""Training: data simulation, dataset loaders and model fitting."""

@@ -1,0 +1,194 @@
+"""Loaders for public data sets (SKAB, AI4I 2020) and for any time-series CSV or Parquet file."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SKAB_SENSORS: tuple[str, ...] = (
+    "Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple", "Voltage",
+    "Volume Flow RateRMS",
+)
+AI4I_COLUMNS: tuple[str, ...] = (
+    "udi", "product_id", "type", "air_temperature_k", "process_temperature_k", "rotational_speed_rpm", "torque_nm",
+    "tool_wear_min", "machine_failure", "twf", "hdf", "pwf", "osf", "rnf",
+)
+SEPARATORS: tuple[str, ...] = (",", ";", "\t", "|")
+TIMESTAMP_NAMES = frozenset({"timestamp", "datetime", "date", "time", "ts"})
+LABEL_NAMES = frozenset({"anomaly", "anomalies", "changepoint", "label", "labels", "is_anomaly", "target"})
+ROW_INDEX_COLUMN = "row_index"
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclasses.dataclass
+class SkabRun:
+    """One SKAB experiment: name like "valve1/0"; frame with ts (epoch s), the SKAB sensors and label (0/1)."""
+
+    name: str
+    frame: pd.DataFrame
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+
+
+def timestamps_to_epoch(series: pd.Series) -> np.ndarray:
+    """Epoch seconds as float64: numbers as they are, datetimes and strings parsed (naive ones are UTC)."""
+    if pd.api.types.is_bool_dtype(series):
+        raise ValueError(f"timestamp column {series.name!r} is boolean")
+    if pd.api.types.is_numeric_dtype(series):
+        return series.to_numpy(dtype=np.float64)
+    if not pd.api.types.is_datetime64_any_dtype(series):
+        numbers = pd.to_numeric(series, errors="coerce")
+        if numbers.notna().all():
+            return numbers.to_numpy(dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            parsed = pd.to_datetime(series, utc=True)
+        except (ValueError, TypeError):
+            try:
+                parsed = pd.to_datetime(series, utc=True, format="mixed")
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"timestamp column {series.name!r} does not parse as datetimes: {exc}") from exc
+    if parsed.isna().any():
+        missing = int(parsed.isna().sum())
+        raise ValueError(f"timestamp column {series.name!r} has {missing} missing or unparsable values")
+    return ((parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64)
+
+
+def _skab_files(path: Path) -> tuple[Path, list[Path]]:
+    if path.is_dir():
+        files = sorted(path.rglob("*.csv"))
+        if not files:
+            raise ValueError(f"no .csv files under {path}")
+        return path, files
+    if path.is_file():
+        return path.parent.parent, [path]
+    raise FileNotFoundError(f"no SKAB data at {path}")
+
+
+def _skab_run(file: Path, root: Path) -> SkabRun:
+    raw = pd.read_csv(file, sep=";")
+    missing = [c for c in ("datetime", *SKAB_SENSORS) if c not in raw.columns]
+    if missing:
+        raise ValueError(f"{file} is not a SKAB file: missing columns {missing}")
+    frame = pd.DataFrame({"ts": timestamps_to_epoch(raw["datetime"])})
+    frame[list(SKAB_SENSORS)] = raw[list(SKAB_SENSORS)].to_numpy(dtype=np.float64)
+    frame["label"] = raw["anomaly"].fillna(0).astype(np.int64) if "anomaly" in raw.columns else 0
+    return SkabRun(name=file.relative_to(root).with_suffix("").as_posix(), frame=frame)
+
+
+def load_skab(path: str | Path) -> list[SkabRun]:
+    """SKAB runs from a data folder (all *.csv below it) or a single csv, sorted by name."""
+    root, files = _skab_files(Path(path))
+    return sorted((_skab_run(f, root) for f in files), key=lambda run: run.name)
+
+
+def _ai4i_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if path.is_dir():
+        candidates = sorted(path.glob("ai4i*.csv")) or sorted(path.glob("*.csv"))
+        if len(candidates) == 1:
+            return candidates[0]
+        raise ValueError(f"expected one AI4I csv in {path}, found {[c.name for c in candidates]}")
+    raise FileNotFoundError(f"no AI4I data at {path}")
+
+
+def load_ai4i(path: str | Path) -> pd.DataFrame:
+    """The AI4I 2020 predictive-maintenance table (a csv or its folder), columns in snake_case."""
+    frame = pd.read_csv(_ai4i_file(Path(path)), encoding="utf-8-sig")
+    frame.columns = [_snake_case(c) for c in frame.columns]
+    missing = [c for c in AI4I_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} is not the AI4I 2020 table: missing columns {missing}")
+    return frame
+
+
+def detect_separator(lines: list[str]) -> str:
+    """The separator among , ; tab | that splits the header into most fields, preferring ones consistent per line."""
+    rows = [line for line in lines if line.strip()]
+    if not rows:
+        return ","
+    counts = {sep: [row.count(sep) for row in rows] for sep in SEPARATORS}
+    consistent = {sep: c[0] for sep, c in counts.items() if c[0] > 0 and len(set(c)) == 1}
+    pool = consistent or {sep: c[0] for sep, c in counts.items()}
+    best = max(pool, key=pool.get)
+    return best if pool[best] > 0 else ","
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return pd.read_parquet(path)
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        head = [line for _, line in zip(range(50), handle)]
+    return pd.read_csv(path, sep=detect_separator(head), encoding="utf-8-sig")
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+
+
+def _parses_as_datetimes(series: pd.Series) -> bool:
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return True
+    if _is_numeric(series) or pd.api.types.is_bool_dtype(series) or series.dropna().empty:
+        return False
+    try:
+        timestamps_to_epoch(series)
+    except ValueError:
+        return False
+    return pd.to_numeric(series, errors="coerce").isna().all()
+
+
+def _find_timestamp_column(frame: pd.DataFrame) -> str | None:
+    for column in frame.columns:
+        name = _snake_case(str(column))
+        if name in TIMESTAMP_NAMES or any(token in TIMESTAMP_NAMES for token in name.split("_")):
+            return column
+    return next((column for column in frame.columns if _parses_as_datetimes(frame[column])), None)
+
+
+def read_time_series(path: str | Path, timestamp_column: str | None = None,
+                     value_columns: list[str] | None = None) -> tuple[pd.DataFrame, str, list[str]]:
+    """Read a CSV (separator auto-detected) or Parquet time series; returns (frame, timestamp column, value columns).
+
+    Without a timestamp column given, the first column named like a timestamp, else the first column holding
+    datetimes, is used; failing both, a ``row_index`` column (seconds since the first row) is added. Without value
+    columns given, all numeric columns except the timestamp and label columns (anomaly, changepoint, ...) are used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {path}")
+    frame = _read_table(path)
+    if timestamp_column is not None:
+        if timestamp_column not in frame.columns:
+            columns = list(frame.columns)
+            raise ValueError(f"timestamp column {timestamp_column!r} not in {path.name}; columns: {columns}")
+        timestamps_to_epoch(frame[timestamp_column])
+    else:
+        timestamp_column = _find_timestamp_column(frame)
+        if timestamp_column is None:
+            timestamp_column = ROW_INDEX_COLUMN
+            while timestamp_column in frame.columns:
+                timestamp_column = f"_{timestamp_column}"
+            frame[timestamp_column] = np.arange(len(frame), dtype=np.float64)
+    if value_columns is not None:
+        for column in value_columns:
+            if column not in frame.columns:
+                raise ValueError(f"value column {column!r} not in {path.name}; columns: {list(frame.columns)}")
+            if not _is_numeric(frame[column]):
+                raise ValueError(f"value column {column!r} is not numeric (dtype {frame[column].dtype})")
+        return frame, timestamp_column, list(value_columns)
+    values = [
+        column for column in frame.columns
+        if column != timestamp_column and _snake_case(str(column)) not in LABEL_NAMES and _is_numeric(frame[column])
+    ]
+    if not values:
+        raise ValueError(f"no numeric value columns in {path.name} besides {timestamp_column!r}")
+    return frame, timestamp_column, values

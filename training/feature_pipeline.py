@@ -1,0 +1,96 @@
+"""Batch Beam feature pipeline: a labelled table -> per-device window features -> MLTransform (fit or apply).
+
+Uses the same window function and the same ScaleFeatures transform as the streaming pipeline.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+
+from features.scaling import ScaleFeatures
+from features.schema import EventBatch, FeatureBatch
+from features.spec import FeatureSpec
+from features.window import series_features, window_fill
+
+
+@dataclasses.dataclass
+class DeviceFeatures:
+    """Scaled features of one device's series, in event-time order, with the rows' event ids and times."""
+
+    device_id: str
+    event_ids: np.ndarray
+    ts: np.ndarray
+    features: np.ndarray
+    filled: np.ndarray
+
+    def full_windows(self, window: int) -> np.ndarray:
+        """The rows whose window is full (what the model is trained and judged on)."""
+        return self.filled >= window
+
+
+def clean_rows(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Rows whose readings are all finite (the same rule the streaming parser applies)."""
+    missing = [sensor for sensor in spec.sensors if sensor not in frame.columns]
+    if missing:
+        raise ValueError(f"training data lacks sensor columns {missing}")
+    values = frame[list(spec.sensors)].to_numpy(dtype=np.float64)
+    return frame[np.isfinite(values).all(axis=1)]
+
+
+def device_batches(frame: pd.DataFrame, spec: FeatureSpec) -> Iterator[tuple[str, EventBatch]]:
+    """One EventBatch per device, sorted by event time."""
+    frame = frame.sort_values(["device_id", "ts"], kind="stable")
+    for device_id, rows in frame.groupby("device_id", sort=True):
+        ids = rows["event_id"].astype(str).to_numpy(dtype=object) if "event_id" in rows else \
+            np.asarray([f"{device_id}@{t:.6f}" for t in rows["ts"]], dtype=object)
+        yield str(device_id), EventBatch(
+            device_id=str(device_id), event_ids=ids, ts=rows["ts"].to_numpy(dtype=np.float64),
+            values=rows[list(spec.sensors)].to_numpy(dtype=np.float64), received_at=np.zeros(len(rows)),
+        )
+
+
+def batch_features(element: tuple[str, EventBatch], spec: FeatureSpec) -> tuple[str, FeatureBatch]:
+    """The batch path: a device's whole series at once, from its first reading."""
+    device_id, events = element
+    features = series_features(events.values, spec.window, spec.stats)
+    return device_id, FeatureBatch(events, features, window_fill(0, len(events), spec.window))
+
+
+class _ReadDeviceSeries(beam.DoFn):
+    def __init__(self, spec: FeatureSpec):
+        self._spec = spec
+
+    def process(self, path: str) -> Iterator[tuple[str, EventBatch]]:
+        frame = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+        yield from device_batches(clean_rows(frame, self._spec), self._spec)
+
+
+def _save(element: tuple[str, FeatureBatch], out_dir: str) -> None:
+    device_id, batch = element
+    np.savez(Path(out_dir) / f"{device_id}.npz", event_ids=batch.events.event_ids.astype(str), ts=batch.events.ts,
+             features=batch.features, filled=batch.filled)
+
+
+def run_feature_pipeline(table: Path, spec: FeatureSpec, transform_dir: Path, out_dir: Path, fit: bool,
+                         options: beam.options.pipeline_options.PipelineOptions) -> list[DeviceFeatures]:
+    """Compute scaled features for every device of ``table``; ``fit`` also writes the MLTransform artifacts."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with beam.Pipeline(options=options) as pipeline:
+        _ = (
+            pipeline
+            | "Table" >> beam.Create([str(table)])
+            | "ReadDeviceSeries" >> beam.ParDo(_ReadDeviceSeries(spec))
+            | "DeviceFeatures" >> beam.Map(batch_features, spec)
+            | "ScaleFeatures" >> ScaleFeatures(spec, transform_dir, fit=fit)
+            | "Save" >> beam.Map(_save, str(out_dir))
+        )
+    shards = []
+    for file in sorted(out_dir.glob("*.npz")):
+        with np.load(file, allow_pickle=False) as data:
+            shards.append(DeviceFeatures(file.stem, data["event_ids"], data["ts"], data["features"], data["filled"]))
+    return shards

@@ -1,0 +1,77 @@
+"""MLflow tracking and Model Registry: each training run registers a new version; ``champion`` moves only on merit."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+CHAMPION = "champion"
+BUNDLE_ARTIFACT = "bundle"
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    run_id: str
+    promoted: bool
+    champion_version: str
+    reason: str
+
+
+def experiment_id(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
+    """The experiment's id, creating it with artifacts under ``artifact_root`` (not the current directory)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    return client.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
+
+
+def champion_metric(client: MlflowClient, name: str, metric: str) -> tuple[str | None, float | None]:
+    """The current champion's version and its evaluation metric (None when there is no champion)."""
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None, None
+    run = client.get_run(version.run_id)
+    return str(version.version), run.data.metrics.get(metric)
+
+
+def register_run(tracking_uri: str, experiment: str, artifact_root: Path, model_name: str, bundle_dir: Path,
+                 params: dict, metrics: dict[str, float], plots: list[Path], eval_metric: str,
+                 promote: bool = False) -> Registration:
+    """Log a run (params, metrics, plots, bundle), register the bundle as a new version, maybe move the alias."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id(tracking_uri, experiment, artifact_root)) as run:
+        mlflow.log_params({key: str(value)[:500] for key, value in params.items()})
+        mlflow.log_metrics(metrics)
+        for plot in plots:
+            mlflow.log_artifact(str(plot), artifact_path="plots")
+        mlflow.log_artifacts(str(bundle_dir), artifact_path=BUNDLE_ARTIFACT)
+        source = f"{run.info.artifact_uri}/{BUNDLE_ARTIFACT}"
+    try:
+        client.get_registered_model(model_name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(model_name, description="Window-feature autoencoder for sensor anomalies")
+    version = client.create_model_version(model_name, source=source, run_id=run.info.run_id)
+    client.set_model_version_tag(model_name, version.version, eval_metric, str(metrics.get(eval_metric)))
+    current, current_value = champion_metric(client, model_name, eval_metric)
+    new_value = metrics.get(eval_metric)
+    if promote:
+        moved, reason = True, "promoted on request (--promote)"
+    elif current is None:
+        moved, reason = True, "first version: no champion yet"
+    elif current_value is None or (new_value is not None and new_value > current_value):
+        moved, reason = True, f"{eval_metric} {new_value:.4f} beats champion v{current} ({current_value})"
+    else:
+        moved, reason = False, f"{eval_metric} {new_value:.4f} does not beat champion v{current} ({current_value:.4f})"
+    if moved:
+        client.set_registered_model_alias(model_name, CHAMPION, version.version)
+    return Registration(model_name, str(version.version), run.info.run_id, moved,
+                        str(version.version) if moved else str(current), reason)
