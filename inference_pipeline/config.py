@@ -31,6 +31,7 @@ class SimulationConfig(Strict):
     train_duration_s: float = Field(7200.0, gt=0)
     interval_s: float = Field(1.0, gt=0)
     fault_rate: float = Field(1.0, ge=0)
+    malformed_fraction: float = Field(0.002, ge=0, lt=0.5)
     seed: int = 7
 
 
@@ -57,7 +58,7 @@ class ModelConfig(Strict):
     handler: Literal["torch"] = "torch"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     min_batch_size: int = Field(1, ge=1)
-    max_batch_size: int = Field(64, ge=1)
+    max_batch_size: int = Field(8, ge=1)
 
     @field_validator("uri")
     @classmethod

@@ -1,0 +1,146 @@
+"""``iotml``: simulate, train, stream, score and the main job ``run``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from inference_pipeline.config import Config, ConfigError, load_config, parse_override
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="deployment YAML (default configs/local.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field by dotted path, e.g. --set alerting.open_after=5")
+    parser.add_argument("--work-dir", help="override work_dir")
+
+
+def _config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Config:
+    overrides = dict(parse_override(text) for text in args.overrides)
+    if args.work_dir:
+        overrides["work_dir"] = args.work_dir
+    overrides.update({key: value for key, value in (extra or {}).items() if value is not None})
+    return load_config(args.config, overrides)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from training.simulate import simulate_fleet, write_frame
+
+    config = _config(args, {"simulation.devices": args.devices, "simulation.duration_s": args.duration,
+                            "simulation.seed": args.seed, "simulation.fault_rate": args.fault_rate})
+    sim = config.simulation
+    frame = simulate_fleet(sim.devices, sim.duration_s, sim.interval_s, sim.seed, fault_rate=sim.fault_rate)
+    path = write_frame(frame, args.output)
+    print(f"wrote {len(frame)} events of {sim.devices} devices ({int(frame['label'].sum())} faulty rows) to {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from inference_pipeline.main_job import _model_name, simulate_datasets
+    from inference_pipeline.pipeline import pipeline_options
+    from training.workflow import train_and_register
+
+    config = _config(args)
+    if args.train_data and args.eval_data:
+        train, evaluation = Path(args.train_data), Path(args.eval_data)
+    elif args.train_data or args.eval_data:
+        raise ConfigError("give both --train-data and --eval-data, or neither (then the fleet is simulated)")
+    else:
+        data = simulate_datasets(config)
+        train, evaluation = data.train, data.eval
+    run = train_and_register(train, evaluation, config.features, config.training, config.work_path,
+                             config.tracking_uri, _model_name(config), pipeline_options(config), args.promote)
+    registration = run.registration
+    print(f"registered {registration.name} v{registration.version} (run {registration.run_id}); "
+          f"champion: v{registration.champion_version} - {registration.reason}")
+    print(json.dumps(run.metrics, indent=2))
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from inference_pipeline.live import run_stream
+
+    config = _config(args, {"source.path": args.source})
+    return run_stream(config)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from inference_pipeline.backfill import score_path
+
+    columns = [c.strip() for c in args.value_columns.split(",")] if args.value_columns else None
+    written = score_path(Path(args.input), Path(args.output), args.timestamp_column, columns, args.warmup_rows)
+    print(f"scored {len(written)} file(s) into {args.output}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from inference_pipeline.main_job import run_main_job
+    from inference_pipeline.report import format_summary
+
+    config = _config(args, {"simulation.devices": args.devices, "simulation.duration_s": args.duration})
+    summary = run_main_job(config, promote=args.promote)
+    print(format_summary(summary))
+    return 0 if summary["events"]["balanced"] else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="iotml", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    simulate = commands.add_parser("simulate", help="write a labelled simulated fleet dataset")
+    _common(simulate)
+    simulate.add_argument("--output", default="work/data/fleet.parquet", help=".parquet or .csv")
+    simulate.add_argument("--devices", type=int)
+    simulate.add_argument("--duration", type=float, help="seconds of simulated time")
+    simulate.add_argument("--seed", type=int)
+    simulate.add_argument("--fault-rate", type=float, help="faults per device per hour (0: normal data only)")
+    simulate.set_defaults(func=cmd_simulate)
+
+    train = commands.add_parser("train", help="train, evaluate and register a model version")
+    _common(train)
+    train.add_argument("--train-data", help="fault-free training table (.parquet/.csv)")
+    train.add_argument("--eval-data", help="labelled evaluation table (.parquet/.csv, with a label column)")
+    train.add_argument("--promote", action="store_true", help="move the champion alias even if not better")
+    train.set_defaults(func=cmd_train)
+
+    stream = commands.add_parser("stream", help="run the streaming pipeline on the configured source")
+    _common(stream)
+    stream.add_argument("--source", help="override source.path (replay file)")
+    stream.set_defaults(func=cmd_stream)
+
+    score = commands.add_parser("score", help="causal backfill scoring of CSV time series (unsupervised)")
+    score.add_argument("--input", required=True, help="a CSV file or a folder of CSVs")
+    score.add_argument("--output", required=True, help="a CSV file, or a folder mirroring --input")
+    score.add_argument("--timestamp-column")
+    score.add_argument("--value-columns", help="comma-separated; default: every numeric column")
+    score.add_argument("--warmup-rows", type=int, default=None, help="rows per file used to warm up (default 400)")
+    score.set_defaults(func=cmd_score)
+
+    run = commands.add_parser("run", help="the main job: simulate, train, register, stream, report")
+    _common(run)
+    run.add_argument("--devices", type=int)
+    run.add_argument("--duration", type=float, help="seconds of simulated stream")
+    run.add_argument("--promote", action="store_true")
+    run.set_defaults(func=cmd_run)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for ours in ("inference_pipeline", "training", "features", "model_handlers"):
+        logging.getLogger(ours).setLevel(logging.INFO)
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, LookupError, ValueError) as exc:
+        print(f"iotml {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
