@@ -28,8 +28,10 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from features.schema import RawEvent, event_payload  # noqa: E402
 from inference_pipeline.sinks.mqtt import PublishToMqtt  # noqa: E402
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp  # noqa: E402
 from inference_pipeline.sources.mqtt import (  # noqa: E402
-    MqttSettings, ReadFromMqtt, ReadLimits, connect_in_background, create_client, event_time)
+    MqttCheckpointMarkCoder, MqttSettings, MqttSource, ReadFromMqtt, ReadLimits, connect_in_background, create_client,
+    event_time)
 
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 HOST, PORT = "127.0.0.1", 1883
@@ -109,6 +111,18 @@ def _set_session(settings: MqttSettings, *, keep: bool) -> None:
     client.loop_stop()
 
 
+def _left_in_session(settings: MqttSettings, wait_s: float = 1.5) -> int:
+    """How many messages the broker still delivers to the session (unacknowledged or queued); acks none."""
+    got: list[int] = []
+    client = create_client(settings, client_id=settings.client_id, clean_start=False, manual_ack=True)
+    client.on_message = lambda c, u, m: got.append(m.mid)
+    connect_in_background(client, settings, clean_start=False, persistent=True)
+    time.sleep(wait_s)
+    client.disconnect()
+    client.loop_stop()
+    return len(got)
+
+
 class _Publisher:
     def __init__(self, tag: str):
         self.tag = tag
@@ -164,6 +178,36 @@ def test_event_time_is_cheap_and_bounded():
 
 
 @pytest.mark.services
+def test_reader_watermark_checkpoint_and_stop(tag):
+    settings = _settings(tag)
+    publisher = _Publisher(tag)
+    for i, ts in enumerate((1000.0, 900.0, 1100.0)):
+        payload = event_payload("pump-001", ts, {"flow_rate": 1.0}, event_id=f"ev-{i}")
+        publisher.client.publish(f"iotml-test/{tag}/pump-001/telemetry", payload, qos=1).wait_for_publish(10)
+    publisher.close()
+    limits = ReadLimits(poll_wait_s=5, max_lateness_s=10, stop_after_idle_s=0.5, idle_watermark_after_s=None)
+    reader = MqttSource(settings, limits).create_reader(None, None)
+    try:
+        seen = []
+        for step in (reader.start, reader.advance, reader.advance):
+            assert step()
+            seen.append((reader.get_current_timestamp(), reader.get_watermark()))
+        assert seen == [(Timestamp(1000), Timestamp(990)), (Timestamp(900), Timestamp(990)), (Timestamp(1100), Timestamp(1090))]
+        mark = reader.get_checkpoint_mark()
+        coder = MqttCheckpointMarkCoder()
+        assert coder.encode(coder.decode(coder.encode(mark))) == coder.encode(mark)
+        assert len(mark.acks) == 3 and mark.records_read == 3
+        deadline = time.monotonic() + 5
+        while reader.get_watermark() != MAX_TIMESTAMP and time.monotonic() < deadline:
+            assert not reader.advance()
+        assert reader.get_watermark() == MAX_TIMESTAMP
+        mark.finalize_checkpoint()
+    finally:
+        reader.close()
+    assert _left_in_session(settings) == 0
+
+
+@pytest.mark.services
 def test_reads_every_message_exactly_once(tag, tmp_path):
     n = 2000
     settings, db = _settings(tag), tmp_path / "seen.db"
@@ -177,9 +221,11 @@ def test_reads_every_message_exactly_once(tag, tmp_path):
     finally:
         publisher.close()
     rows, distinct = _rows(db)
-    print(f"\nexactly-once run: {rows} rows, {distinct} distinct of {n} published")
+    left = _left_in_session(settings)
+    print(f"\nexactly-once run: {rows} rows, {distinct} distinct of {n} published, {left} left unacknowledged")
     assert distinct == n
     assert rows == n
+    assert left == 0
 
 
 @pytest.mark.services
@@ -209,6 +255,7 @@ def test_kill_and_restart_redelivers_unacked(tag, tmp_path):
     after = con.execute("SELECT COUNT(*) FROM seen WHERE pid != (SELECT pid FROM seen ORDER BY rowid LIMIT 1)").fetchone()[0]
     con.close()
     missing = {f"ev-{i}" for i in range(first + second)} - seen
+    assert _left_in_session(settings) == 0
     print(f"\nkill test: killed after {published_at_kill} published and {at_kill} processed; {after} rows after "
           f"restart, {rows} rows in all, {distinct} distinct of {first + second}, {rows - distinct} duplicates")
     assert not missing, f"{len(missing)} events never delivered, e.g. {sorted(missing)[:5]}"

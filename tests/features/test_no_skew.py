@@ -1,0 +1,76 @@
+"""The batch training path and the streaming path give identical feature vectors for the same events."""
+import os
+import pickle
+import uuid
+
+import numpy as np
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_stream import TestStream
+
+from features.scaling import ScaleFeatures
+from features.schema import EventRules, RawEvent
+from features.spec import FeatureSpec
+from features.streaming import DeviceFeatures
+from inference_pipeline.parse import ParseEvents
+from inference_pipeline.pipeline import LOCAL_RUNNER
+from training.feature_pipeline import batch_features, device_batches, run_feature_pipeline
+from training.simulate import SENSORS, iter_payloads, simulate_fleet, write_frame
+
+SPEC = FeatureSpec(sensors=SENSORS, window=12)
+
+
+def _streaming_features(frame, transform_dir, batch_sizes, out_dir):
+    payloads = list(iter_payloads(frame, SENSORS))
+    stream = TestStream()
+    start = 0
+    for i, size in enumerate(batch_sizes * 1000):
+        if start >= len(payloads):
+            break
+        stream = stream.add_elements([[RawEvent(p, 0.0) for p in payloads[start:start + size]]]).advance_watermark_to(i)
+        start += size
+    stream = stream.advance_watermark_to_infinity()
+    options = PipelineOptions([], runner="BundleBasedDirectRunner", streaming=True)
+    with beam.Pipeline(options=options) as pipeline:
+        events = pipeline | stream | ParseEvents(EventRules(SENSORS, max_future_s=1e12))
+        events.events | DeviceFeatures(SPEC) | "SaveRaw" >> beam.Map(_save, str(out_dir / "raw"))
+    raw = [pickle.loads(f.read_bytes()) for f in (out_dir / "raw").iterdir()]
+    with beam.Pipeline(options=PipelineOptions([], runner=LOCAL_RUNNER)) as pipeline:
+        (pipeline | beam.Create(raw) | ScaleFeatures(SPEC, transform_dir)
+         | "SaveScaled" >> beam.Map(_save, str(out_dir / "scaled")))
+    return {"raw": raw, "scaled": [pickle.loads(f.read_bytes()) for f in (out_dir / "scaled").iterdir()]}
+
+
+def _save(element, folder):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, uuid.uuid4().hex), "wb") as handle:
+        pickle.dump(element, handle)
+
+
+def test_batch_and_streaming_features_are_identical(tmp_path):
+    frame = simulate_fleet(3, 240, seed=11, fault_rate=0)
+    table = write_frame(frame, tmp_path / "events.parquet")
+    transform_dir = tmp_path / "transform"
+    shards = run_feature_pipeline(table, SPEC, transform_dir, tmp_path / "shards", True,
+                                  PipelineOptions([], runner=LOCAL_RUNNER))
+    batch_raw = {device: batch_features((device, events), SPEC)[1] for device, events in device_batches(frame, SPEC)}
+
+    streamed = _streaming_features(frame, transform_dir, [150, 1, 400, 169], tmp_path / "streamed")
+
+    raw_by_device, scaled_by_device = {}, {}
+    for device_id, batch in streamed["raw"]:
+        raw_by_device.setdefault(device_id, []).append(batch)
+    for device_id, batch in streamed["scaled"]:
+        scaled_by_device.setdefault(device_id, []).append(batch)
+    assert set(raw_by_device) == set(batch_raw) == {s.device_id for s in shards}
+    for device, expected in batch_raw.items():
+        got = sorted(raw_by_device[device], key=lambda b: b.events.ts[0])
+        assert np.array_equal(np.concatenate([b.features for b in got]), expected.features)
+        assert np.array_equal(np.concatenate([b.events.event_ids for b in got]), expected.events.event_ids)
+    for shard in shards:
+        got = sorted(scaled_by_device[shard.device_id], key=lambda b: b.events.ts[0])
+        scaled = np.concatenate([b.features for b in got])
+        assert scaled.shape == shard.features.shape
+        assert np.array_equal(scaled, shard.features)
+    fleet = np.concatenate([shard.features for shard in shards])
+    assert np.allclose(fleet.mean(axis=0), 0.0, atol=1e-3)

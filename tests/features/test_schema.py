@@ -1,0 +1,72 @@
+import json
+import time
+
+import pytest
+
+from features.schema import DeadLetterReason, EventRules, RawEvent, encode_events, event_payload, parse_events
+
+RULES = EventRules(("pressure", "flow"), frozenset({"pump-1", "pump-2"}), max_future_s=60, max_payload_bytes=512)
+NOW = 1_800_000_000.0
+
+
+def good(device="pump-1", ts=NOW - 10, **readings):
+    return event_payload(device, ts, {"pressure": 1.5, "flow": 3.0, **readings}, f"{device}-{ts}")
+
+
+def parse(*payloads):
+    return parse_events([RawEvent(p, NOW) for p in payloads], RULES, NOW)
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ('{"device_id": "pump-1", "ts": 1', DeadLetterReason.BAD_JSON),
+    (b"\xff\xfe not utf8", DeadLetterReason.BAD_JSON),
+    ('{"ts": 1, "readings": {}}', DeadLetterReason.MISSING_FIELD),
+    ('{"device_id": "pump-1", "ts": 1, "readings": {"pressure": 1}}', DeadLetterReason.MISSING_FIELD),
+    ('{"device_id": "pump-1", "ts": 1, "readings": {"pressure": "high", "flow": 1}}', DeadLetterReason.WRONG_TYPE),
+    ('{"device_id": "pump-1", "ts": true, "readings": {"pressure": 1, "flow": 1}}', DeadLetterReason.WRONG_TYPE),
+    ('{"device_id": 7, "ts": 1, "readings": {"pressure": 1, "flow": 1}}', DeadLetterReason.WRONG_TYPE),
+    ('[1, 2, 3]', DeadLetterReason.WRONG_TYPE),
+    ('{"device_id": "pump-1", "ts": 1, "readings": {"pressure": NaN, "flow": 1}}', DeadLetterReason.NON_FINITE),
+    ('{"device_id": "pump-1", "ts": 1, "readings": {"pressure": Infinity, "flow": 1}}', DeadLetterReason.NON_FINITE),
+    (json.dumps({"device_id": "pump-1", "ts": NOW + 3600, "readings": {"pressure": 1, "flow": 1}}),
+     DeadLetterReason.FUTURE_TIMESTAMP),
+    ('{"device_id": "ghost", "ts": 1, "readings": {"pressure": 1, "flow": 1}}', DeadLetterReason.UNKNOWN_DEVICE),
+    (json.dumps({"device_id": "pump-1", "ts": 1, "readings": {"pressure": 1, "flow": 1}, "pad": "x" * 600}),
+     DeadLetterReason.OVERSIZE),
+])
+def test_malformed_event_goes_to_dead_letter_with_reason(payload, reason):
+    batches, dead = parse(good(), payload, good("pump-2"))
+    assert [letter.reason for letter in dead] == [reason]
+    assert dead[0].detail
+    assert sorted(b.device_id for b in batches) == ["pump-1", "pump-2"]
+
+
+def test_good_events_are_grouped_per_device_in_arrival_order():
+    batches, dead = parse(good(ts=NOW - 3), good("pump-2", ts=NOW - 2), good(ts=NOW - 1, pressure=9.0))
+    assert dead == []
+    by_device = {b.device_id: b for b in batches}
+    assert by_device["pump-1"].ts.tolist() == [NOW - 3, NOW - 1]
+    assert by_device["pump-1"].values.tolist() == [[1.5, 3.0], [9.0, 3.0]]
+    assert by_device["pump-1"].received_at.tolist() == [NOW, NOW]
+
+
+def test_iso_timestamps_and_missing_event_ids_are_accepted():
+    payload = '{"device_id": "pump-1", "ts": "2026-01-01T00:00:01Z", "readings": {"pressure": 1, "flow": 2}}'
+    batches, dead = parse(payload)
+    assert dead == []
+    assert batches[0].ts.tolist() == [1767225601.0]
+    assert batches[0].event_ids.tolist() == ["pump-1@1767225601.000000"]
+
+
+def test_any_device_is_accepted_without_a_registry():
+    rules = EventRules(("pressure", "flow"))
+    batches, dead = parse_events([RawEvent(good("new-device"), time.time())], rules, NOW)
+    assert dead == [] and batches[0].device_id == "new-device"
+
+
+def test_encoded_events_round_trip_through_the_parser():
+    payloads = encode_events(["a\"b", "c"], [NOW - 5, NOW - 4], [[1.0, 2.0], [3.0, float("nan")]],
+                             ["pressure", "flow"], ["e1", "e2"])
+    batches, dead = parse_events([RawEvent(p, NOW) for p in payloads], EventRules(("pressure", "flow")), NOW)
+    assert [b.device_id for b in batches] == ['a"b']
+    assert [d.reason for d in dead] == [DeadLetterReason.NON_FINITE]
