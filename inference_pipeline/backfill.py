@@ -34,7 +34,7 @@ class BackfillSettings:
     hidden: tuple[int, ...] = (16, 4)
     epochs: int = 60
     threshold_quantile: float = 0.99
-    threshold_margin: float = 1.2
+    threshold_margin: float = 3.0
     open_after: int = 3
     close_after: int = 10
     seed: int = 0

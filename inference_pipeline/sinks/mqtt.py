@@ -31,6 +31,7 @@ class _PublishDoFn(beam.DoFn):
         self._connected = threading.Event()
         self._pending: set[int] = set()
         self._confirmed: set[int] = set()
+        self._refused: list[str] = []
         client_id = f"{self._settings.client_id}-pub-{uuid.uuid4().hex[:8]}"
         self._client = create_client(self._settings, client_id=client_id, clean_start=True, manual_ack=False)
         self._client.on_connect = self._on_connect
@@ -46,6 +47,8 @@ class _PublishDoFn(beam.DoFn):
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._cond:
             self._confirmed.add(mid)
+            if reason_code.is_failure:
+                self._refused.append(str(reason_code))
             self._cond.notify_all()
 
     def process(self, element: str | bytes | Mapping[str, Any]) -> None:
@@ -73,6 +76,9 @@ class _PublishDoFn(beam.DoFn):
                 self._cond.wait(left)
             self._confirmed -= self._pending
             self._pending.clear()
+            refused, self._refused = self._refused, []
+        if refused:
+            raise RuntimeError(f"broker refused {len(refused)} MQTT publishes: {refused[0]}")
 
     def teardown(self) -> None:
         if self._client is not None:
@@ -88,7 +94,14 @@ class PublishToMqtt(beam.PTransform):
     ``<client_id>-pub-<random>`` so it never takes over the source's persistent session.
     """
 
-    def __init__(self, settings_like: MqttSettings | Mapping[str, Any] | str, topic: str, *, qos: int = 1, timeout_s: float = 60.0):
+    def __init__(
+        self,
+        settings_like: MqttSettings | Mapping[str, Any] | str,
+        topic: str,
+        *,
+        qos: int = 1,
+        timeout_s: float = 60.0,
+    ):
         super().__init__()
         self._settings = MqttSettings.coerce(settings_like)
         self._topic = topic

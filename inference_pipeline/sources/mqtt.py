@@ -3,6 +3,10 @@
 Delivery is at least once. Messages are PUBACKed only in ``CheckpointMark.finalize_checkpoint()``, which the runner
 calls after the bundle that read them has committed; a message read by a process that dies before that is resent by
 the broker when the session resumes (same client id, clean start off, QoS 1). Downstream must tolerate duplicates.
+
+The broker bounds what survives: Mosquitto keeps at most ``max_queued_messages`` (default 1000) messages per
+session beyond those in flight and drops the rest silently, also while the pipeline is down. Size it (and
+``persistent_client_expiration``) for the longest outage to ride out.
 """
 from __future__ import annotations
 
@@ -55,8 +59,11 @@ class MqttSettings(BaseModel):
     """Broker connection and subscription settings (one persistent session per ``client_id``).
 
     QoS 2 is not offered: paho answers PUBREC on receipt, after which the broker never resends the message, so a
-    crash before the ack would lose it. With MQTT v5 ``max_inflight`` is the Receive Maximum the broker honours;
-    with v3.1.1 the broker's own ``max_inflight_messages`` applies.
+    crash before the ack would lose it. With MQTT v5 (the default) ``max_inflight`` is the Receive Maximum the
+    broker honours; with v3.1.1 the broker's ``max_inflight_messages`` (Mosquitto: 20) applies, so a burst
+    overflows its queue and is dropped while acks wait for bundles to commit. Payloads over ``max_payload_bytes`` are still
+    emitted (the parser dead-letters them) but do not move the watermark; the limit is deliberately not sent as
+    the MQTT v5 Maximum Packet Size, which would make the broker drop such messages silently.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -64,7 +71,7 @@ class MqttSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     topics: tuple[str, ...] = ()
-    qos: Literal[0, 1] = 1
+    qos: int = Field(1, ge=0, le=1)
     client_id: str = Field(min_length=1, max_length=128)
     clean_start: bool = False
     protocol: Literal["5", "3.1.1"] = "5"
@@ -151,13 +158,15 @@ def connect_in_background(client: mqtt.Client, settings: MqttSettings, *, clean_
     """Start connecting in paho's network thread, which also reconnects with exponential backoff.
 
     ``persistent``: the broker keeps the session ``settings.session_expiry_s`` after a disconnect (MQTT v5; with
-    v3.1.1 that follows from ``clean_start`` off).
+    v3.1.1 that follows from ``clean_start`` off). With v5, ``clean_start`` applies to the first connect only, so a
+    reconnect never discards the session's unacknowledged messages.
     """
     if settings.protocol == "5":
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = settings.session_expiry_s if persistent else 0
         props.ReceiveMaximum = settings.max_inflight
-        client.connect_async(settings.host, settings.port, settings.keepalive, clean_start=clean_start, properties=props)
+        start = mqtt.MQTT_CLEAN_START_FIRST_ONLY if clean_start else False
+        client.connect_async(settings.host, settings.port, settings.keepalive, clean_start=start, properties=props)
     else:
         client.connect_async(settings.host, settings.port, settings.keepalive)
     client.loop_start()
@@ -186,7 +195,6 @@ class _Session:
         self.settings = settings
         self.token = uuid.uuid4().hex
         self.epoch = 0
-        self.last_received = time.monotonic()
         self._deliveries: queue.SimpleQueue[_Delivery] = queue.SimpleQueue()
         self._returned: list[_Delivery] = []
         self._lock = threading.Lock()
@@ -194,7 +202,8 @@ class _Session:
         self._unacked = 0
         self._closing = False
         self._closed = False
-        self._client = create_client(settings, client_id=settings.client_id, clean_start=settings.clean_start, manual_ack=True)
+        self._client = create_client(
+            settings, client_id=settings.client_id, clean_start=settings.clean_start, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
@@ -202,7 +211,7 @@ class _Session:
 
     @classmethod
     def acquire(cls, settings: MqttSettings) -> "_Session":
-        """The live session for ``settings.client_id``, opened if needed (two clients with one id would evict each other)."""
+        """The live session for ``settings.client_id``, opened if needed (two clients of one id evict each other)."""
         with cls._registry_lock:
             session = cls._registry.get(settings.client_id)
             if session is None or session._closed:
@@ -226,16 +235,20 @@ class _Session:
             _LOGGER.warning("MQTT connect refused for %s: %s", self.settings.client_id, reason_code)
             return
         self.epoch += 1
-        _LOGGER.info("MQTT %s connected (session present: %s, epoch %d)", self.settings.client_id, flags.session_present, self.epoch)
+        _LOGGER.info(
+            "MQTT %s connected (session present: %s, epoch %d)", self.settings.client_id, flags.session_present, self.epoch)
         if self.settings.topics:
             client.subscribe([(topic, self.settings.qos) for topic in self.settings.topics])
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if not self._closed:
-            _LOGGER.warning("MQTT %s disconnected (%s); reconnecting with backoff", self.settings.client_id, reason_code)
+        if self._closed:
+            return
+        if reason_code == "Session taken over":
+            _LOGGER.error("MQTT client id %s was taken over: two consumers share it", self.settings.client_id)
+        else:
+            _LOGGER.warning("MQTT %s disconnected (%s); reconnecting", self.settings.client_id, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.last_received = time.monotonic()
         self._deliveries.put(_Delivery(message.payload, time.time(), message.mid, message.qos, self.epoch))
 
     def get(self, timeout: float) -> _Delivery | None:
@@ -307,7 +320,15 @@ class _Session:
 class MqttCheckpointMark(CheckpointMark):
     """What a bundle read: the acks to send when it commits, plus the reader's counters and watermark."""
 
-    def __init__(self, client_id: str, token: str, acks: Sequence[Ack], records_read: int, max_event_time: float | None, watermark: float | None):
+    def __init__(
+        self,
+        client_id: str,
+        token: str,
+        acks: Sequence[Ack],
+        records_read: int,
+        max_event_time: float | None,
+        watermark: float | None,
+    ):
         self.client_id = client_id
         self.token = token
         self.acks = tuple(tuple(ack) for ack in acks)
@@ -327,7 +348,8 @@ class MqttCheckpointMark(CheckpointMark):
         self.acks = ()
 
     def to_json(self) -> bytes:
-        fields = [self.client_id, self.token, [list(a) for a in self.acks], self.records_read, self.max_event_time, self.watermark]
+        acks = [list(ack) for ack in self.acks]
+        fields = [self.client_id, self.token, acks, self.records_read, self.max_event_time, self.watermark]
         return json.dumps(fields, separators=(",", ":")).encode()
 
     @classmethod
@@ -441,7 +463,10 @@ class MqttReader(UnboundedReader):
         self._idle_since = time.monotonic()
         if delivery.qos:
             self._read.append(delivery)
-        ts = event_time(delivery.payload, delivery.received_at, self._limits.max_clock_skew_s)
+        if len(delivery.payload) > self._settings.max_payload_bytes:
+            ts = delivery.received_at
+        else:
+            ts = event_time(delivery.payload, delivery.received_at, self._limits.max_clock_skew_s)
         self._current = RawEvent(delivery.payload, delivery.received_at)
         self._current_ts = Timestamp.of(ts)
         self._records += 1

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,23 +17,19 @@ import time
 import uuid
 from pathlib import Path
 
+import apache_beam as beam
+import paho.mqtt.client as mqtt
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import apache_beam as beam  # noqa: E402
-import paho.mqtt.client as mqtt  # noqa: E402
-from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
-
-from features.schema import RawEvent, event_payload  # noqa: E402
-from inference_pipeline.sinks.mqtt import PublishToMqtt  # noqa: E402
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp  # noqa: E402
-from inference_pipeline.sources.mqtt import (  # noqa: E402
+from features.schema import RawEvent, event_payload
+from inference_pipeline.sinks.mqtt import PublishToMqtt
+from inference_pipeline.sources.mqtt import (
     MqttCheckpointMarkCoder, MqttSettings, MqttSource, ReadFromMqtt, ReadLimits, connect_in_background, create_client,
     event_time)
 
+REPO = Path(__file__).resolve().parents[2]
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 HOST, PORT = "127.0.0.1", 1883
 
@@ -41,8 +38,9 @@ class _SqliteSink(beam.DoFn):
     """Stores (event_id, received_at, pid) per element, committed at once: a row exists for every message the
     pipeline processed, acknowledged or not, so a kill shows up as duplicates rather than as lost rows."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, delay_s: float = 0.0):
         self._path = path
+        self._delay_s = delay_s
 
     def setup(self) -> None:
         self._db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
@@ -51,6 +49,7 @@ class _SqliteSink(beam.DoFn):
         self._db.execute("CREATE TABLE IF NOT EXISTS seen (event_id TEXT, received_at REAL, pid INTEGER)")
 
     def process(self, raw: RawEvent) -> None:
+        time.sleep(self._delay_s)
         event_id = json.loads(raw.payload)["event_id"]
         self._db.execute("INSERT INTO seen VALUES (?, ?, ?)", (event_id, raw.received_at, os.getpid()))
 
@@ -58,16 +57,23 @@ class _SqliteSink(beam.DoFn):
         self._db.close()
 
 
-def run_pipeline(settings: MqttSettings, db: str, limits: ReadLimits) -> None:
+def run_pipeline(settings: MqttSettings, db: str, limits: ReadLimits, delay_s: float = 0.0) -> None:
     options = PipelineOptions(flags=[], runner=FN_API_RUNNER, streaming=True)
     with beam.Pipeline(options=options) as p:
-        _ = p | ReadFromMqtt(settings, limits) | beam.ParDo(_SqliteSink(db))
+        _ = p | ReadFromMqtt(settings, limits) | beam.ParDo(_SqliteSink(db, delay_s))
 
 
-def _start_pipeline(settings: MqttSettings, db: Path, **limits: float) -> subprocess.Popen:
-    cmd = [sys.executable, __file__, "--settings", settings.model_dump_json(), "--db", str(db), "--limits", json.dumps(limits)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _start_pipeline(settings: MqttSettings, db: Path, delay_s: float = 0.0, **limits: float) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--settings", settings.model_dump_json(), "--db", str(db)]
+    cmd += ["--limits", json.dumps(limits), "--delay-s", str(delay_s)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(cmd, cwd=REPO, env=env)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def _rows(db: Path) -> tuple[int, int]:
@@ -155,6 +161,11 @@ class _Publisher:
 
 @pytest.fixture
 def tag():
+    """A fresh topic tree and persistent session (subscribed, not yet connected), deleted afterwards."""
+    try:
+        socket.create_connection((HOST, PORT), timeout=2).close()
+    except OSError:
+        pytest.skip(f"no MQTT broker on {HOST}:{PORT}")
     tag = uuid.uuid4().hex[:10]
     _set_session(_settings(tag), keep=True)
     yield tag
@@ -163,7 +174,8 @@ def tag():
 
 def test_from_url_and_coerce():
     s = MqttSettings.from_url("mqtt://ops@broker.local:1884/plant/+/telemetry?client_id=iotml-1")
-    assert (s.host, s.port, s.username, s.topics, s.client_id) == ("broker.local", 1884, "ops", ("plant/+/telemetry",), "iotml-1")
+    assert (s.host, s.port, s.username, s.client_id) == ("broker.local", 1884, "ops", "iotml-1")
+    assert s.topics == ("plant/+/telemetry",)
     assert MqttSettings.from_url("mqtts://h/x?client_id=c").port == 8883
     assert MqttSettings.coerce({"client_id": "c", "topics": ["a/#"]}).topics == ("a/#",)
     with pytest.raises(ValueError):
@@ -185,14 +197,15 @@ def test_reader_watermark_checkpoint_and_stop(tag):
         payload = event_payload("pump-001", ts, {"flow_rate": 1.0}, event_id=f"ev-{i}")
         publisher.client.publish(f"iotml-test/{tag}/pump-001/telemetry", payload, qos=1).wait_for_publish(10)
     publisher.close()
-    limits = ReadLimits(poll_wait_s=5, max_lateness_s=10, stop_after_idle_s=0.5, idle_watermark_after_s=None)
+    limits = ReadLimits(poll_wait_s=1, max_lateness_s=10, stop_after_idle_s=0.5, idle_watermark_after_s=None)
     reader = MqttSource(settings, limits).create_reader(None, None)
     try:
         seen = []
         for step in (reader.start, reader.advance, reader.advance):
             assert step()
             seen.append((reader.get_current_timestamp(), reader.get_watermark()))
-        assert seen == [(Timestamp(1000), Timestamp(990)), (Timestamp(900), Timestamp(990)), (Timestamp(1100), Timestamp(1090))]
+        assert seen == [
+            (Timestamp(1000), Timestamp(990)), (Timestamp(900), Timestamp(990)), (Timestamp(1100), Timestamp(1090))]
         mark = reader.get_checkpoint_mark()
         coder = MqttCheckpointMarkCoder()
         assert coder.encode(coder.decode(coder.encode(mark))) == coder.encode(mark)
@@ -212,14 +225,15 @@ def test_reads_every_message_exactly_once(tag, tmp_path):
     n = 2000
     settings, db = _settings(tag), tmp_path / "seen.db"
     publisher = _Publisher(tag)
+    publisher.publish(range(0, 500))
+    proc = _start_pipeline(settings, db, max_records=n, stop_after_idle_s=20)
     try:
-        publisher.publish(range(0, 500))
-        proc = _start_pipeline(settings, db, max_records=n, stop_after_idle_s=20)
         _wait_rows(db, 1, 40, proc)
         publisher.publish(range(500, n))
         assert proc.wait(timeout=40) == 0
     finally:
         publisher.close()
+        _stop(proc)
     rows, distinct = _rows(db)
     left = _left_in_session(settings)
     print(f"\nexactly-once run: {rows} rows, {distinct} distinct of {n} published, {left} left unacknowledged")
@@ -233,8 +247,8 @@ def test_kill_and_restart_redelivers_unacked(tag, tmp_path):
     first, second = 600, 400
     settings, db = _settings(tag), tmp_path / "seen.db"
     publisher = _Publisher(tag)
+    proc = restarted = _start_pipeline(settings, db, delay_s=0.005, stop_after_idle_s=60)
     try:
-        proc = _start_pipeline(settings, db, stop_after_idle_s=60)
         publisher.publish(range(0, 1))
         _wait_rows(db, 1, 40, proc)
         feeder = threading.Thread(target=publisher.publish, args=(range(1, first), 400.0))
@@ -249,16 +263,19 @@ def test_kill_and_restart_redelivers_unacked(tag, tmp_path):
         assert restarted.wait(timeout=45) == 0
     finally:
         publisher.close()
+        _stop(proc)
+        _stop(restarted)
     con = sqlite3.connect(db)
     seen = {row[0] for row in con.execute("SELECT DISTINCT event_id FROM seen")}
     rows, distinct = _rows(db)
-    after = con.execute("SELECT COUNT(*) FROM seen WHERE pid != (SELECT pid FROM seen ORDER BY rowid LIMIT 1)").fetchone()[0]
+    first_pid = con.execute("SELECT pid FROM seen ORDER BY rowid LIMIT 1").fetchone()[0]
+    after = con.execute("SELECT COUNT(*) FROM seen WHERE pid != ?", (first_pid,)).fetchone()[0]
     con.close()
     missing = {f"ev-{i}" for i in range(first + second)} - seen
-    assert _left_in_session(settings) == 0
     print(f"\nkill test: killed after {published_at_kill} published and {at_kill} processed; {after} rows after "
           f"restart, {rows} rows in all, {distinct} distinct of {first + second}, {rows - distinct} duplicates")
     assert not missing, f"{len(missing)} events never delivered, e.g. {sorted(missing)[:5]}"
+    assert _left_in_session(settings) == 0
 
 
 @pytest.mark.services
@@ -291,8 +308,10 @@ def main() -> None:
     parser.add_argument("--settings", required=True)
     parser.add_argument("--db", required=True)
     parser.add_argument("--limits", default="{}")
+    parser.add_argument("--delay-s", type=float, default=0.0)
     args = parser.parse_args()
-    run_pipeline(MqttSettings.model_validate_json(args.settings), args.db, ReadLimits(**json.loads(args.limits)))
+    settings = MqttSettings.model_validate_json(args.settings)
+    run_pipeline(settings, args.db, ReadLimits(**json.loads(args.limits)), args.delay_s)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+import pytest
+
+from inference_pipeline.config import ConfigError, load_config, parse_override
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_is_valid():
+    config = load_config()
+    assert config.model.uri == "models:/iot-anomaly@champion"
+    assert config.features.window == 30
+
+
+@pytest.mark.parametrize("text, field", [
+    ("features:\n  window: 1\n", "features.window"),
+    ("alerting:\n  open_after: zero\n", "alerting.open_after"),
+    ("model:\n  uri: nowhere\n", "model.uri"),
+    ("source:\n  kind: kafka\n", "source.kind"),
+    ("source:\n  kind: mqtt\n", "source"),
+    ("sinks:\n  colour: red\n", "sinks.colour"),
+    ("features:\n  sensors: [a, a]\n", "features.sensors"),
+])
+def test_invalid_config_fails_naming_the_field(tmp_path, text, field):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text))
+    assert field in str(error.value)
+
+
+def test_overrides_replace_fields_by_dotted_path(tmp_path):
+    config = load_config(write(tmp_path, "alerting:\n  open_after: 2\n"),
+                         dict([parse_override("alerting.open_after=7"), parse_override("work_dir=/tmp/x")]))
+    assert config.alerting.open_after == 7 and str(config.work_path) == "/tmp/x"
+
+
+def test_bad_override_and_missing_file_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="FIELD=VALUE"):
+        parse_override("alerting.open_after")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
