@@ -33,9 +33,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = _config(args, {"simulation.devices": args.devices, "simulation.duration_s": args.duration,
                             "simulation.seed": args.seed, "simulation.fault_rate": args.fault_rate})
     sim = config.simulation
+    if args.publish:
+        return _publish(args, config)
     frame = simulate_fleet(sim.devices, sim.duration_s, sim.interval_s, sim.seed, fault_rate=sim.fault_rate)
     path = write_frame(frame, args.output)
     print(f"wrote {len(frame)} events of {sim.devices} devices ({int(frame['label'].sum())} faulty rows) to {path}")
+    return 0
+
+
+def _publish(args: argparse.Namespace, config: Config) -> int:
+    from inference_pipeline.loadgen import publish_fleet, publisher_settings
+
+    if not args.rate:
+        raise ConfigError("--publish needs --rate (messages per second)")
+    settings, prefix = publisher_settings(args.publish)
+    sim = config.simulation
+    report = publish_fleet(settings, prefix, args.rate, sim.devices, sim.duration_s, args.malformed_fraction,
+                           sim.seed, sim.fault_rate, config.features.sensors, config.events.max_payload_bytes)
+    print(json.dumps({"published": report.published, "malformed": report.malformed, "rate": round(report.rate, 1),
+                      "seconds": round(report.finished - report.started, 2), "max_lag_s": round(report.max_lag_s, 3)}))
     return 0
 
 
@@ -98,6 +114,12 @@ def parser() -> argparse.ArgumentParser:
     simulate.add_argument("--duration", type=float, help="seconds of simulated time")
     simulate.add_argument("--seed", type=int)
     simulate.add_argument("--fault-rate", type=float, help="faults per device per hour (0: normal data only)")
+    simulate.add_argument("--publish", metavar="URL",
+                          help="publish live to mqtt[s]://HOST:PORT/TOPIC-PREFIX instead of writing a file "
+                               "(--duration: seconds of publishing; password from IOTML_MQTT_PASSWORD)")
+    simulate.add_argument("--rate", type=float, help="with --publish: messages per second")
+    simulate.add_argument("--malformed-fraction", type=float, default=0.0,
+                          help="with --publish: share of malformed messages (dead-letter test)")
     simulate.set_defaults(func=cmd_simulate)
 
     train = commands.add_parser("train", help="train, evaluate and register a model version")

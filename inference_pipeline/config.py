@@ -8,6 +8,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.spec import FeatureSpec
+from inference_pipeline.sources.mqtt_settings import MqttSettings, ReadLimits
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
 SIMULATOR_SENSORS = (
@@ -74,7 +75,10 @@ class ModelConfig(Strict):
 
 
 class SourceConfig(Strict):
-    """Where events come from. ``replay``: a CSV/Parquet file of rows (device, time, readings) replayed as events."""
+    """Where events come from. ``replay``: a CSV/Parquet/JSON-lines file replayed as events; ``mqtt``: a broker
+    subscription (``mqtt``: connection, topics, QoS 1 persistent session; ``read``: watermark and stop settings;
+    ``bundle_s``: the longest bundle, which bounds latency and how long acks wait); ``pubsub``: a Pub/Sub
+    subscription (``projects/<project>/subscriptions/<name>``)."""
 
     kind: Literal["replay", "mqtt", "pubsub"] = "replay"
     path: str | None = None
@@ -83,13 +87,17 @@ class SourceConfig(Strict):
     event_id_column: str | None = "event_id"
     batch_size: int = Field(2000, ge=1)
     rate: float | None = Field(None, gt=0)
-    mqtt: dict[str, Any] | None = None
+    mqtt: MqttSettings | None = None
+    read: ReadLimits = ReadLimits()
+    bundle_s: float = Field(0.2, gt=0)
     subscription: str | None = None
 
     @model_validator(mode="after")
     def _kind_fields(self) -> "SourceConfig":
         if self.kind == "mqtt" and not self.mqtt:
             raise ValueError("source.mqtt settings are required with kind 'mqtt'")
+        if self.kind == "mqtt" and not self.mqtt.topics:
+            raise ValueError("source.mqtt.topics: give at least one topic filter")
         if self.kind == "pubsub" and not self.subscription:
             raise ValueError("source.subscription is required with kind 'pubsub'")
         return self
@@ -112,13 +120,35 @@ class AlertingConfig(Strict):
     close_after: int = Field(30, ge=1)
 
 
+class TopicSinkConfig(Strict):
+    """Also publish a result stream as JSON messages to a topic: MQTT (``mqtt``: broker settings, default the MQTT
+    source's) or Pub/Sub (``topic``: ``projects/<project>/topics/<name>``)."""
+
+    kind: Literal["mqtt", "pubsub"]
+    topic: str = Field(min_length=1)
+    mqtt: MqttSettings | None = None
+    qos: int = Field(1, ge=0, le=1)
+
+
 class SinkConfig(Strict):
-    """Where results go. ``sqlite``: one embedded database with predictions, alerts and dead_letters tables."""
+    """Where results go. ``sqlite``: one embedded database with predictions, alerts and dead_letters tables, always
+    written; ``alerts``, ``dead_letters`` and ``predictions`` may in addition go to message topics."""
 
     kind: Literal["sqlite"] = "sqlite"
     path: str | None = None
-    alerts: dict[str, Any] | None = None
-    dead_letters: dict[str, Any] | None = None
+    alerts: TopicSinkConfig | None = None
+    dead_letters: TopicSinkConfig | None = None
+    predictions: TopicSinkConfig | None = None
+
+
+class DedupConfig(Strict):
+    """Redelivered events are dropped by event id: per device, ids within ``horizon_s`` of its newest event time,
+    at most ``max_ids_per_device``. ``restore_from_sink``: an MQTT stream restarted after a crash first reads the
+    ids already predicted from the SQLite sink, so a redelivered event never gets a second prediction."""
+
+    horizon_s: float = Field(300.0, gt=0)
+    max_ids_per_device: int = Field(5000, ge=1)
+    restore_from_sink: bool = True
 
 
 class Config(Strict):
@@ -133,7 +163,24 @@ class Config(Strict):
     events: EventsConfig = EventsConfig()
     alerting: AlertingConfig = AlertingConfig()
     sinks: SinkConfig = SinkConfig()
+    dedup: DedupConfig = DedupConfig()
     pipeline_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_payload_limit_and_sink_brokers(self) -> "Config":
+        mqtt = self.source.mqtt
+        if mqtt is not None and "max_payload_bytes" in mqtt.model_fields_set and \
+                mqtt.max_payload_bytes != self.events.max_payload_bytes:
+            raise ValueError("source.mqtt.max_payload_bytes: set the payload limit once, as events.max_payload_bytes")
+        for name in ("alerts", "dead_letters", "predictions"):
+            sink = getattr(self.sinks, name)
+            if sink is not None and sink.kind == "mqtt" and sink.mqtt is None and self.source.mqtt is None:
+                raise ValueError(f"sinks.{name}.mqtt: broker settings are required (there is no MQTT source to share)")
+        return self
+
+    def broker(self, sink: TopicSinkConfig) -> MqttSettings | None:
+        """The MQTT settings a topic sink publishes with: its own, else the MQTT source's."""
+        return sink.mqtt or self.source.mqtt
 
     @property
     def work_path(self) -> Path:

@@ -1,16 +1,29 @@
-"""Run the streaming pipeline on the configured source until it ends (replay) or is stopped (live brokers)."""
+"""Run the streaming pipeline on the configured source until it ends (replay) or is stopped (live brokers).
+
+A live MQTT stream runs until Ctrl-C or SIGTERM: reading stops, the bundles in flight finish and are acknowledged
+to the broker, the pipeline ends and the totals are logged. Whatever the broker still holds is delivered on the
+next start (persistent session).
+"""
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import apache_beam as beam
 import pandas as pd
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.runner import PipelineResult
 
 from features.schema import EventRules
 from inference_pipeline.config import Config, ConfigError
+from inference_pipeline.dedup import METRICS_NAMESPACE
 from inference_pipeline.pipeline import build_pipeline, pipeline_options
+from inference_pipeline.sources.mqtt import ReadFromMqtt, request_stop
+from inference_pipeline.sources.pubsub import ReadPubSubEvents
 from inference_pipeline.sources.replay import ReadReplay
 from model_handlers.bundle import ModelBundle
 from model_handlers.mlflow_registry import resolve_bundle
@@ -35,22 +48,70 @@ def source_transform(config: Config, rules: EventRules) -> beam.PTransform:
             raise ConfigError("source.path: a replay source needs a file (set it or pass --source)")
         return ReadReplay(source.path, rules.sensors, source.device_column, source.timestamp_column,
                           source.event_id_column, source.batch_size, source.rate)
-    raise ConfigError(f"source.kind: {source.kind!r} is not available in this build")
+    if source.kind == "mqtt":
+        settings = source.mqtt.model_copy(update={"max_payload_bytes": rules.max_payload_bytes})
+        events = ReadFromMqtt(settings, source.read, max_read_time_s=source.bundle_s)
+    elif source.kind == "pubsub":
+        events = ReadPubSubEvents(source.subscription)
+    else:
+        raise ConfigError(f"source.kind: {source.kind!r} is not available in this build")
+    return "Read" >> events | "Batch" >> beam.BatchElements(
+        min_batch_size=source.batch_size, max_batch_size=source.batch_size)
+
+
+def execute(config: Config, bundle: ModelBundle, rules: EventRules) -> tuple[float, PipelineResult]:
+    """Build and run the pipeline to completion; returns wall seconds and the result (with its metrics)."""
+    started = time.time()
+    pipeline = beam.Pipeline(options=pipeline_options(config, streaming=config.source.kind != "replay"))
+    build_pipeline(pipeline, source_transform(config, rules), bundle, rules, config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return time.time() - started, result
 
 
 def run_pipeline(config: Config, bundle: ModelBundle, rules: EventRules) -> float:
     """Build and run the pipeline to completion; returns wall seconds."""
-    started = time.time()
-    with beam.Pipeline(options=pipeline_options(config, streaming=config.source.kind != "replay")) as pipeline:
-        build_pipeline(pipeline, source_transform(config, rules), bundle, rules, config)
-    return time.time() - started
+    return execute(config, bundle, rules)[0]
+
+
+def outcome_counts(result: PipelineResult) -> dict[str, int]:
+    """The stream's counters: predictions, dead letters and duplicates (redelivered copies dropped)."""
+    counts = {"predictions": 0, "dead_letters": 0, "duplicates": 0}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        if counter.key.metric.name in counts:
+            counts[counter.key.metric.name] += counter.committed or counter.attempted or 0
+    return counts
+
+
+@contextlib.contextmanager
+def drain_on_signals() -> Iterator[None]:
+    """While inside: the first Ctrl-C or SIGTERM drains the MQTT stream (see module doc), a second one aborts."""
+    def drain(signum: int, frame: object) -> None:
+        if stopping:
+            raise KeyboardInterrupt
+        stopping.append(signum)
+        LOG.info("%s: draining the stream (again to abort)", signal.Signals(signum).name)
+        request_stop()
+
+    stopping: list[int] = []
+    request_stop(False)
+    previous = {signum: signal.signal(signum, drain) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run_stream(config: Config) -> int:
-    """``iotml stream``: resolve the model from the registry, run, report counts."""
+    """``iotml stream``: resolve the model from the registry, run until the source ends or is stopped, log totals."""
     bundle = resolve_bundle(config.model.uri, config.tracking_uri, config.work_path / "models")
     rules = event_rules(config, bundle)
-    LOG.info("streaming with %s v%s into %s", bundle.name, bundle.version, config.sink_path)
-    seconds = run_pipeline(config, bundle, rules)
-    LOG.info("finished in %.1f s; results in %s", seconds, config.sink_path)
+    LOG.info("streaming with %s v%s from %s into %s", bundle.name, bundle.version, config.source.kind,
+             config.sink_path)
+    with drain_on_signals() if config.source.kind == "mqtt" else contextlib.nullcontext():
+        seconds, result = execute(config, bundle, rules)
+    counts = outcome_counts(result)
+    LOG.info("finished in %.1f s: %d predictions, %d dead letters, %d duplicates dropped; results in %s",
+             seconds, counts["predictions"], counts["dead_letters"], counts["duplicates"], config.sink_path)
     return 0

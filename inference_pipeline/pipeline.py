@@ -1,10 +1,12 @@
-"""The streaming pipeline: source -> parse (dead letters) -> device features -> MLTransform -> RunInference -> score
--> alerts -> sinks. The same graph runs on the local runner and on Dataflow."""
+"""The streaming pipeline: source -> parse (dead letters) -> drop duplicates -> device features -> MLTransform ->
+RunInference -> score -> alerts -> sinks. The same graph runs on the local runner and on Dataflow.
+
+Every event read comes out once, as a prediction or a dead letter; a redelivered copy of an event already let
+through comes out as a duplicate instead (counted, never predicted twice)."""
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
@@ -15,9 +17,13 @@ from features.scaling import ScaleFeatures
 from features.streaming import DeviceFeatures
 from inference_pipeline.alerts import DebounceAlerts
 from inference_pipeline.config import Config
+from inference_pipeline.dedup import DropDuplicates, PredictedIds
+from inference_pipeline.live_metrics import ReportLiveMetrics
 from inference_pipeline.parse import ParseEvents
 from inference_pipeline.scoring import ScorePredictions
 from inference_pipeline.sinks.sqlite import WriteAlerts, WriteDeadLetters, WritePredictions
+from inference_pipeline.sinks.topics import (
+    PublishMessages, alert_messages, dead_letter_messages, prediction_messages)
 from model_handlers.bundle import ModelBundle
 from model_handlers.registry import keyed_handler
 
@@ -31,6 +37,7 @@ class Outputs:
     predictions: beam.PCollection
     alerts: beam.PCollection
     dead_letters: beam.PCollection
+    duplicates: beam.PCollection
 
 
 def _failed_inference(element: tuple[tuple[str, FeatureBatch] | list, Exception]) -> Iterator[DeadLetter]:
@@ -41,6 +48,14 @@ def _failed_inference(element: tuple[tuple[str, FeatureBatch] | list, Exception]
         for event_id, received in zip(events.event_ids.tolist(), events.received_at.tolist()):
             yield DeadLetter(DeadLetterReason.INFERENCE_ERROR, f"{type(error).__name__}: {error}", event_id, received,
                              device_id)
+
+
+def drop_duplicates(config: Config) -> DropDuplicates:
+    """Dedup by event id; an MQTT stream on the local runner also starts from the ids its sink already holds."""
+    dedup = config.dedup
+    restore = PredictedIds(config.sink_path, dedup.max_ids_per_device) if (
+        config.source.kind == "mqtt" and dedup.restore_from_sink) else None
+    return DropDuplicates(dedup.horizon_s, dedup.max_ids_per_device, restore)
 
 
 class ScoreEvents(beam.PTransform):
@@ -55,7 +70,8 @@ class ScoreEvents(beam.PTransform):
     def expand(self, raws: beam.PCollection) -> Outputs:
         spec, config = self._bundle.feature_spec, self._config
         parsed = raws | "ParseEvents" >> ParseEvents(self._rules)
-        features = parsed.events | "DeviceFeatures" >> DeviceFeatures(spec)
+        unique = parsed.events | "DropDuplicates" >> drop_duplicates(config)
+        features = unique.events | "DeviceFeatures" >> DeviceFeatures(spec)
         scaled = features | "ScaleFeatures" >> ScaleFeatures(spec, self._bundle.transform_dir)
         inferred, failed = scaled | "RunInference" >> RunInference(
             keyed_handler(self._bundle, config.model)).with_exception_handling()
@@ -63,14 +79,28 @@ class ScoreEvents(beam.PTransform):
         alerts = predictions | "Alerts" >> DebounceAlerts(config.alerting.open_after, config.alerting.close_after)
         inference_errors = failed.failed_inferences | "InferenceErrors" >> beam.FlatMap(_failed_inference)
         dead = (parsed.dead_letters, inference_errors) | "DeadLetters" >> beam.Flatten()
-        return Outputs(predictions, alerts, dead)
+        return Outputs(predictions, alerts, dead, unique.duplicates)
 
 
-def write_outputs(outputs: Outputs, sink_path: Path) -> None:
-    """The embedded sinks: one SQLite file."""
+def write_outputs(outputs: Outputs, config: Config) -> None:
+    """The embedded sinks (one SQLite file), and the configured topic sinks."""
+    sink_path = config.sink_path
     outputs.predictions | "WritePredictions" >> WritePredictions(sink_path)
     outputs.alerts | "WriteAlerts" >> WriteAlerts(sink_path)
     outputs.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(sink_path)
+    topics = (("Alerts", outputs.alerts, config.sinks.alerts, alert_messages),
+              ("DeadLetters", outputs.dead_letters, config.sinks.dead_letters, dead_letter_messages),
+              ("Predictions", outputs.predictions, config.sinks.predictions, prediction_messages))
+    for name, results, sink, to_messages in topics:
+        if sink is not None:
+            results | f"Publish{name}" >> PublishMessages(sink.kind, sink.topic, to_messages, config.broker(sink),
+                                                          sink.qos)
+
+
+def report_outputs(outputs: Outputs) -> None:
+    """Counters and a periodic log line over every outcome: predictions, dead letters, duplicates."""
+    outcomes = (outputs.predictions | "PredictionBatches" >> beam.Values(), outputs.dead_letters, outputs.duplicates)
+    outcomes | "Outcomes" >> beam.Flatten() | "Metrics" >> ReportLiveMetrics()
 
 
 def pipeline_options(config: Config, streaming: bool = False) -> PipelineOptions:
@@ -86,5 +116,6 @@ def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform, bundle: Mod
     """Wire the pipeline top to bottom: read, score, write."""
     raws = pipeline | "ReadEvents" >> source
     outputs = raws | "ScoreEvents" >> ScoreEvents(bundle, rules, config)
-    write_outputs(outputs, config.sink_path)
+    write_outputs(outputs, config)
+    report_outputs(outputs)
     return outputs

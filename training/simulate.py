@@ -217,22 +217,6 @@ def simulate_fleet(n_devices: int, duration_s: float, interval_s: float = 1.0, s
     return frame
 
 
-def fault_intervals(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per contiguous fault of a device: device_id, fault_type, start_ts, end_ts (last faulty sample)."""
-    rows = frame.sort_values(["device_id", "ts"], kind="stable")[["device_id", "ts", "fault_type"]]
-    device = rows["device_id"].to_numpy()
-    kind = rows["fault_type"].to_numpy()
-    new_run = np.ones(len(rows), dtype=bool)
-    new_run[1:] = (device[1:] != device[:-1]) | (kind[1:] != kind[:-1])
-    run_id = np.cumsum(new_run)
-    faulty = kind != NORMAL
-    runs = rows[faulty].groupby(run_id[faulty], sort=True).agg(
-        device_id=("device_id", "first"), fault_type=("fault_type", "first"),
-        start_ts=("ts", "min"), end_ts=("ts", "max"),
-    )
-    return runs.reset_index(drop=True)
-
-
 def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a frame as Parquet when the path ends in .parquet, else as CSV; returns the path."""
     path = Path(path)

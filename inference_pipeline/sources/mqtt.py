@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import queue
 import re
 import threading
@@ -22,8 +21,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any
 
 import apache_beam as beam
 import paho.mqtt.client as mqtt
@@ -34,101 +32,25 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from features.schema import RawEvent
+from inference_pipeline.sources.mqtt_settings import MqttSettings, ReadLimits
 
 _LOGGER = logging.getLogger(__name__)
 
 # One ack: (connection epoch, packet id) of a QoS 1 delivery.
 Ack = tuple[int, int]
 
-
-class MqttTls(BaseModel):
-    """TLS options; an empty model means TLS with the system CA store."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ca_certs: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    insecure: bool = False
+_stop_requested = threading.Event()
 
 
-class MqttSettings(BaseModel):
-    """Broker connection and subscription settings (one persistent session per ``client_id``).
-
-    QoS 2 is not offered: paho answers PUBREC on receipt, after which the broker never resends the message, so a
-    crash before the ack would lose it. With MQTT v5 (the default) ``max_inflight`` is the Receive Maximum the
-    broker honours; with v3.1.1 the broker's ``max_inflight_messages`` (Mosquitto: 20) applies, so a burst
-    overflows its queue and is dropped while acks wait for bundles to commit. Payloads over ``max_payload_bytes`` are still
-    emitted (the parser dead-letters them) but do not move the watermark; the limit is deliberately not sent as
-    the MQTT v5 Maximum Packet Size, which would make the broker drop such messages silently.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
-    topics: tuple[str, ...] = ()
-    qos: int = Field(1, ge=0, le=1)
-    client_id: str = Field(min_length=1, max_length=128)
-    clean_start: bool = False
-    protocol: Literal["5", "3.1.1"] = "5"
-    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, le=0xFFFFFFFF)
-    username: str | None = None
-    password: SecretStr | None = None
-    password_env: str = "IOTML_MQTT_PASSWORD"
-    tls: MqttTls | None = None
-    keepalive: int = Field(30, ge=5)
-    reconnect_min_s: int = Field(1, ge=1)
-    reconnect_max_s: int = Field(60, ge=1)
-    max_inflight: int = Field(10_000, ge=1, le=65535)
-    max_payload_bytes: int = Field(65536, ge=1)
-    connect_timeout_s: float = Field(10.0, gt=0)
-
-    def resolved_password(self) -> str | None:
-        """The configured password, else the one in the ``password_env`` environment variable."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        return os.environ.get(self.password_env)
-
-    @classmethod
-    def from_url(cls, url: str, **overrides: Any) -> "MqttSettings":
-        """Settings from ``mqtt[s]://[user[:password]@]host[:port][/topic/filter][?client_id=...&qos=1]``.
-
-        The path, if any, is one topic filter (``mqtt://host/plant/+/telemetry``); query parameters and keyword
-        overrides set any other field.
-        """
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"expected an mqtt:// or mqtts:// URL, got {url!r}")
-        fields: dict[str, Any] = {"host": parts.hostname or "127.0.0.1"}
-        if parts.port:
-            fields["port"] = parts.port
-        elif parts.scheme == "mqtts":
-            fields["port"] = 8883
-        if parts.scheme == "mqtts":
-            fields["tls"] = MqttTls()
-        if parts.username:
-            fields["username"] = unquote(parts.username)
-        if parts.password:
-            fields["password"] = unquote(parts.password)
-        topic = unquote(parts.path.lstrip("/"))
-        if topic:
-            fields["topics"] = (topic,)
-        fields.update(parse_qsl(parts.query))
-        fields.update(overrides)
-        return cls.model_validate(fields)
-
-    @classmethod
-    def coerce(cls, value: "MqttSettings | Mapping[str, Any] | str") -> "MqttSettings":
-        """Settings from a model, a mapping (e.g. the ``source.mqtt`` config section) or a URL."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            return cls.from_url(value)
-        return cls.model_validate(dict(value))
+def request_stop(stop: bool = True) -> None:
+    """End (or, with ``stop=False``, allow again) every MQTT stream read in this process: readers report their
+    final watermark, the pipeline finishes the bundles in flight, acknowledges them and ends (a drain)."""
+    if stop:
+        _stop_requested.set()
+    else:
+        _stop_requested.clear()
 
 
 def create_client(settings: MqttSettings, *, client_id: str, clean_start: bool, manual_ack: bool) -> mqtt.Client:
@@ -406,28 +328,6 @@ def event_time(payload: bytes, received_at: float, max_clock_skew_s: float) -> f
     return min(ts, received_at + max_clock_skew_s)
 
 
-@dataclasses.dataclass(frozen=True)
-class ReadLimits:
-    """Reader timing, watermark and stop settings.
-
-    ``poll_wait_s``: how long the first read of a bundle waits for a message (FnApiRunner reschedules an idle
-    source at once, so this is what keeps it from spinning); ``batch_wait_s``: how long later reads wait before
-    the bundle ends. The watermark is the largest event time seen minus ``max_lateness_s``, or, after
-    ``idle_watermark_after_s`` without messages, the wall clock minus ``max_lateness_s``. ``max_records`` and
-    ``stop_after_idle_s`` end the stream (benchmarks, tests, draining a backlog): the reader then reports a
-    final watermark and the pipeline finishes.
-    """
-
-    poll_wait_s: float = 0.25
-    batch_wait_s: float = 0.01
-    max_lateness_s: float = 60.0
-    max_clock_skew_s: float = 300.0
-    idle_watermark_after_s: float | None = 30.0
-    max_records: int | None = None
-    stop_after_idle_s: float | None = None
-    close_linger_s: float = 30.0
-
-
 class MqttReader(UnboundedReader):
     """Reads one session's deliveries; keeps the acks of the current bundle until its checkpoint is cut."""
 
@@ -452,6 +352,8 @@ class MqttReader(UnboundedReader):
         return self._next()
 
     def _next(self) -> bool:
+        if _stop_requested.is_set():
+            self._finished = True
         if self._finished:
             return False
         wait = self._limits.poll_wait_s if self._bundle_start else self._limits.batch_wait_s

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from features.schema import EventRules, RawEvent, event_payload, parse_events
+from inference_pipeline.accuracy import fault_intervals_from_truth
 from training.simulate import (
     FAULT_TYPES,
     SENSORS,
     device_table,
-    fault_intervals,
     iter_payloads,
     read_frame,
     simulate_fleet,
@@ -63,14 +63,14 @@ def test_label_is_one_exactly_while_a_fault_is_active(long_fleet):
 
 
 def test_every_fault_type_appears_in_a_long_fleet(long_fleet):
-    assert set(fault_intervals(long_fleet)["fault_type"]) == set(FAULT_TYPES)
+    assert set(fault_intervals_from_truth(long_fleet)["fault_type"]) == set(FAULT_TYPES)
 
 
 def test_zero_fault_rate_gives_normal_data_only():
     frame = simulate_fleet(8, 3 * 3600, seed=3, fault_rate=0.0)
     assert (frame["label"] == 0).all()
     assert (frame["fault_type"] == "none").all()
-    assert fault_intervals(frame).empty
+    assert fault_intervals_from_truth(frame).empty
 
 
 def test_faults_are_injected_on_the_same_normal_signal():
@@ -91,7 +91,7 @@ def test_warm_up_is_fault_free_even_at_a_high_fault_rate():
 
 @pytest.mark.parametrize("fault_rate", [2.0, 30.0])
 def test_faults_of_a_device_do_not_overlap_and_last_one_to_ten_minutes(fault_rate):
-    intervals = fault_intervals(simulate_fleet(6, 2 * 3600, seed=8, fault_rate=fault_rate))
+    intervals = fault_intervals_from_truth(simulate_fleet(6, 2 * 3600, seed=8, fault_rate=fault_rate))
     assert len(intervals) > 6
     lengths = intervals["end_ts"] - intervals["start_ts"] + 1.0
     assert lengths.between(60, 600).all()
@@ -101,7 +101,7 @@ def test_faults_of_a_device_do_not_overlap_and_last_one_to_ten_minutes(fault_rat
 
 
 def test_fault_intervals_cover_exactly_the_labelled_rows(long_fleet):
-    intervals = fault_intervals(long_fleet)
+    intervals = fault_intervals_from_truth(long_fleet)
     covered = pd.Series(False, index=long_fleet.index)
     for row in intervals.itertuples():
         inside = (long_fleet["device_id"] == row.device_id) & long_fleet["ts"].between(row.start_ts, row.end_ts)
@@ -111,12 +111,15 @@ def test_fault_intervals_cover_exactly_the_labelled_rows(long_fleet):
 
 
 def _baseline_and_fault(frame: pd.DataFrame, fault_type: str, sensor: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per fault of this type: mean of the sensor in the 5 min before the fault and during its second half."""
+    """Per fault of this type: mean of the sensor over normal rows in the 5 min before the fault and during its
+    second half."""
     before, during = [], []
-    for row in fault_intervals(frame).query("fault_type == @fault_type").itertuples():
-        device = frame[frame["device_id"] == row.device_id].set_index("ts")[sensor]
+    for row in fault_intervals_from_truth(frame).query("fault_type == @fault_type").itertuples():
+        rows = frame[frame["device_id"] == row.device_id].set_index("ts")
+        device = rows[sensor]
         middle = (row.start_ts + row.end_ts) / 2
-        before.append(device.loc[row.start_ts - 300 : row.start_ts - 1].mean())
+        normal_before = rows.loc[row.start_ts - 300 : row.start_ts - 1].query("label == 0")[sensor]
+        before.append(normal_before.mean())
         during.append(device.loc[middle : row.end_ts].mean())
     return np.array(before), np.array(during)
 
@@ -137,7 +140,7 @@ def test_cavitation_drops_pressure_relative_to_speed(long_fleet):
 
 
 def test_stuck_sensor_freezes_one_reading_for_the_whole_fault(long_fleet):
-    intervals = fault_intervals(long_fleet).query("fault_type == 'stuck_sensor'")
+    intervals = fault_intervals_from_truth(long_fleet).query("fault_type == 'stuck_sensor'")
     assert len(intervals) > 0
     for row in intervals.itertuples():
         device = long_fleet[long_fleet["device_id"] == row.device_id]
@@ -147,7 +150,7 @@ def test_stuck_sensor_freezes_one_reading_for_the_whole_fault(long_fleet):
 
 
 def test_spikes_are_few_and_far_outside_the_noise(long_fleet):
-    intervals = fault_intervals(long_fleet).query("fault_type == 'spikes'")
+    intervals = fault_intervals_from_truth(long_fleet).query("fault_type == 'spikes'")
     assert len(intervals) > 0
     for row in intervals.itertuples():
         device = long_fleet[long_fleet["device_id"] == row.device_id]
