@@ -6,7 +6,7 @@ import uuid
 import numpy as np
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.test_stream import TestStream as EventStream
 
 from features.scaling import ScaleFeatures
 from features.schema import EventRules, RawEvent
@@ -22,7 +22,7 @@ SPEC = FeatureSpec(sensors=SENSORS, window=12)
 
 def _streaming_features(frame, transform_dir, batch_sizes, out_dir):
     payloads = list(iter_payloads(frame, SENSORS))
-    stream = TestStream()
+    stream = EventStream()
     start = 0
     for i, size in enumerate(batch_sizes * 1000):
         if start >= len(payloads):

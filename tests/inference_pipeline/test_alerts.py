@@ -1,7 +1,7 @@
 import numpy as np
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.test_stream import TestStream as EventStream
 from apache_beam.testing.util import assert_that, equal_to
 
 from inference_pipeline.alerts import DebounceAlerts, DebounceState, debounce
@@ -37,7 +37,7 @@ def test_a_device_warming_up_never_alerts():
 
 
 def test_debounce_keeps_state_per_device_on_a_stream():
-    stream = (TestStream()
+    stream = (EventStream()
               .add_elements([("a", batch([0.9, 0.9], device="a")), ("b", batch([0.9], device="b"))])
               .advance_watermark_to(10)
               .add_elements([("a", batch([0.1, 0.1], start=2, device="a")), ("b", batch([0.9], start=1, device="b"))])
