@@ -30,7 +30,7 @@ from inference_pipeline.pipeline import LOCAL_RUNNER, ScoreEvents
 from inference_pipeline.sources.replay import ReadReplay, read_payloads
 from model_handlers.bundle import ModelBundle
 from model_handlers.networks import error_to_score
-from model_handlers.torch_local import LoadedModel
+from model_handlers.torch_model import LoadedModel
 from training.simulate import iter_payloads, simulate_fleet
 
 DEVICES = 50

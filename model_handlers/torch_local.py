@@ -1,46 +1,19 @@
-"""Local PyTorch inference on CPU or CUDA over batches of feature batches."""
+"""The Beam ModelHandler for local PyTorch inference (CPU or CUDA) over batches of feature batches."""
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from features.schema import FeatureBatch
 from model_handlers.bundle import ModelBundle
-from model_handlers.networks import error_to_score, reconstruction_error
+from model_handlers.networks import error_to_score
+from model_handlers.torch_model import LoadedModel, resolve_device
 
 LOG = logging.getLogger(__name__)
-
-
-def resolve_device(requested: str) -> torch.device:
-    """'auto' takes CUDA when present; 'gpu' insists on it; 'cpu' never uses it."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if requested == "gpu":
-        raise RuntimeError("model.device is 'gpu' but CUDA is not available on this worker")
-    return torch.device("cpu")
-
-
-class LoadedModel:
-    """A network on its device with the bundle it came from."""
-
-    def __init__(self, bundle: ModelBundle, device: torch.device):
-        self.bundle = bundle
-        self.device = device
-        self.network = bundle.load_network(device)
-        self.model_id = f"{bundle.name}/{bundle.version}"
-
-    def errors(self, features: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
-            return reconstruction_error(self.network, x).cpu().numpy()
 
 
 def split_scores(batch: Sequence[FeatureBatch], errors: np.ndarray, threshold: float, model_id: str) -> Iterable[PredictionResult]:

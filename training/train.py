@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from model_handlers.networks import Autoencoder, error_to_score, reconstruction_error
-from model_handlers.torch_local import resolve_device
+from model_handlers.torch_model import resolve_device
 
 
 @dataclasses.dataclass

@@ -5,7 +5,8 @@ import torch
 from features.schema import EventBatch, FeatureBatch
 from model_handlers.bundle import ModelBundle
 from model_handlers.networks import error_to_score
-from model_handlers.torch_local import TorchAnomalyHandler, resolve_device
+from model_handlers.torch_local import TorchAnomalyHandler
+from model_handlers.torch_model import resolve_device
 
 
 def feature_batch(n, dim, seed):
