@@ -16,6 +16,7 @@ from features.scaling import ScaleFeatures
 from features.schema import EventBatch, FeatureBatch
 from features.spec import FeatureSpec
 from features.window import series_features, window_fill
+from training.simulate import read_frame
 
 
 @dataclasses.dataclass
@@ -66,8 +67,7 @@ class _ReadDeviceSeries(beam.DoFn):
         self._spec = spec
 
     def process(self, path: str) -> Iterator[tuple[str, EventBatch]]:
-        frame = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
-        yield from device_batches(clean_rows(frame, self._spec), self._spec)
+        yield from device_batches(clean_rows(read_frame(path), self._spec), self._spec)
 
 
 def _save(element: tuple[str, FeatureBatch], out_dir: str) -> None:

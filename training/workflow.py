@@ -7,13 +7,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from features.spec import FeatureSpec
 from model_handlers.bundle import TRANSFORM, write_bundle
 from training.feature_pipeline import run_feature_pipeline
 from training.registry import Registration, register_run
+from training.simulate import read_frame
 from training.train import detection_metrics, errors_of, fit_autoencoder, split_holdout
 
 EVAL_METRIC = "eval_f1"
@@ -60,7 +60,7 @@ def train_and_register(train_table: Path, eval_table: Path, spec: FeatureSpec, t
                           training.learning_rate, training.threshold_quantile, training.threshold_margin,
                           training.seed, training.device, progress)
     eval_shards = run_feature_pipeline(eval_table, spec, bundle_dir / TRANSFORM, scratch / "eval", False, options)
-    labels_by_id = pd.read_parquet(eval_table, columns=["event_id", "label"]).set_index("event_id")["label"]
+    labels_by_id = read_frame(eval_table).set_index("event_id")["label"]
     event_ids = np.concatenate([shard.event_ids[shard.full_windows(spec.window)] for shard in eval_shards])
     labels = labels_by_id.reindex(event_ids).to_numpy()
     if np.isnan(labels.astype(float)).any():

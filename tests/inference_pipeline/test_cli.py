@@ -1,0 +1,52 @@
+"""The iotml subcommands as a user calls them (in process)."""
+import sqlite3
+
+import pandas as pd
+
+from inference_pipeline.cli import main
+from training.simulate import simulate_fleet, write_frame
+
+
+def test_simulate_writes_a_labelled_csv(tmp_path, capsys):
+    out = tmp_path / "fleet.csv"
+    assert main(["simulate", "--output", str(out), "--devices", "2", "--duration", "120", "--fault-rate", "0"]) == 0
+    frame = pd.read_csv(out)
+    assert len(frame) == 240 and set(frame["label"]) == {0}
+    assert "wrote 240 events" in capsys.readouterr().out
+
+
+def test_bad_config_fails_before_work_naming_the_field(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("alerting:\n  close_after: -1\n")
+    assert main(["run", "--config", str(config), "--work-dir", str(tmp_path / "w")]) == 2
+    assert "alerting.close_after" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_train_from_csv_tables_then_stream_a_replay(tmp_path, capsys):
+    start = 1767225600.0
+    write_frame(simulate_fleet(3, 1200, seed=5, start=start, fault_rate=0), tmp_path / "train.csv")
+    write_frame(simulate_fleet(3, 600, seed=5, start=start + 1200, fault_rate=4), tmp_path / "eval.csv")
+    replay = write_frame(simulate_fleet(3, 300, seed=5, start=start + 1800), tmp_path / "replay.csv")
+    common = ["--work-dir", str(tmp_path / "work"), "--set", "training.epochs=3"]
+    assert main(["train", "--train-data", str(tmp_path / "train.csv"), "--eval-data", str(tmp_path / "eval.csv"),
+                 *common]) == 0
+    assert "registered iot-anomaly v1" in capsys.readouterr().out
+    assert main(["stream", "--source", str(replay), *common]) == 0
+    with sqlite3.connect(tmp_path / "work" / "results.db") as db:
+        count, versions = db.execute("SELECT COUNT(*), GROUP_CONCAT(DISTINCT model_version) FROM predictions").fetchone()
+    assert (count, versions) == (900, "1")
+
+
+def test_score_cli_writes_scores(tmp_path):
+    frame = pd.DataFrame({"t": range(600), "v": [float(i % 17) for i in range(600)]})
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    assert main(["score", "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv"),
+                 "--timestamp-column", "t", "--value-columns", "v"]) == 0
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == ["t", "v", "anomaly_score", "is_anomaly"] and len(out) == 600
+
+
+def test_missing_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["score", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
