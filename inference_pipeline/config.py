@@ -8,7 +8,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.spec import FeatureSpec
-from inference_pipeline.sources.mqtt_settings import MqttSettings, ReadLimits
+from inference_pipeline.sources.mqtt_client import MqttSettings, ReadLimits
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
 SIMULATOR_SENSORS = (
@@ -76,9 +76,8 @@ class ModelConfig(Strict):
 
 class SourceConfig(Strict):
     """Where events come from. ``replay``: a CSV/Parquet/JSON-lines file replayed as events; ``mqtt``: a broker
-    subscription (``mqtt``: connection, topics, QoS 1 persistent session; ``read``: watermark and stop settings;
-    ``bundle_s``: the longest bundle, which bounds latency and how long acks wait); ``pubsub``: a Pub/Sub
-    subscription (``projects/<project>/subscriptions/<name>``)."""
+    subscription (``mqtt``: connection, topics, QoS 1 persistent session; ``read``: batching, watermark and stop
+    settings); ``pubsub``: a Pub/Sub subscription (``projects/<project>/subscriptions/<name>``)."""
 
     kind: Literal["replay", "mqtt", "pubsub"] = "replay"
     path: str | None = None
@@ -89,7 +88,6 @@ class SourceConfig(Strict):
     rate: float | None = Field(None, gt=0)
     mqtt: MqttSettings | None = None
     read: ReadLimits = ReadLimits()
-    bundle_s: float = Field(0.2, gt=0)
     subscription: str | None = None
 
     @model_validator(mode="after")
@@ -147,7 +145,7 @@ class DedupConfig(Strict):
     ids already predicted from the SQLite sink, so a redelivered event never gets a second prediction."""
 
     horizon_s: float = Field(300.0, gt=0)
-    max_ids_per_device: int = Field(5000, ge=1)
+    max_ids_per_device: int = Field(2000, ge=1)
     restore_from_sink: bool = True
 
 

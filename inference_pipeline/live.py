@@ -7,6 +7,7 @@ next start (persistent session).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -16,12 +17,14 @@ from pathlib import Path
 import apache_beam as beam
 import pandas as pd
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.runners.runner import PipelineResult
 
 from features.schema import EventRules
 from inference_pipeline.config import Config, ConfigError
 from inference_pipeline.dedup import METRICS_NAMESPACE
-from inference_pipeline.pipeline import build_pipeline, pipeline_options
+from inference_pipeline.pipeline import LOCAL_RUNNER, build_pipeline, pipeline_options
 from inference_pipeline.sources.mqtt import ReadFromMqtt, request_stop
 from inference_pipeline.sources.pubsub import ReadPubSubEvents
 from inference_pipeline.sources.replay import ReadReplay
@@ -29,6 +32,7 @@ from model_handlers.bundle import ModelBundle
 from model_handlers.mlflow_registry import resolve_bundle
 
 LOG = logging.getLogger(__name__)
+SCALING_BATCH = 1000
 
 
 def event_rules(config: Config, bundle: ModelBundle, devices_file: Path | None = None) -> EventRules:
@@ -50,20 +54,43 @@ def source_transform(config: Config, rules: EventRules) -> beam.PTransform:
                           source.event_id_column, source.batch_size, source.rate)
     if source.kind == "mqtt":
         settings = source.mqtt.model_copy(update={"max_payload_bytes": rules.max_payload_bytes})
-        events = ReadFromMqtt(settings, source.read, max_read_time_s=source.bundle_s)
-    elif source.kind == "pubsub":
-        events = ReadPubSubEvents(source.subscription)
-    else:
-        raise ConfigError(f"source.kind: {source.kind!r} is not available in this build")
-    return "Read" >> events | "Batch" >> beam.BatchElements(
-        min_batch_size=source.batch_size, max_batch_size=source.batch_size)
+        return ReadFromMqtt(settings, source.read)
+    if source.kind == "pubsub":
+        return ReadPubSubEvents(source.subscription, source.batch_size)
+    raise ConfigError(f"source.kind: {source.kind!r} is not available in this build")
+
+
+def skip_local_state_cache() -> None:
+    """Run the local runner's in-process worker without its user-state cache.
+
+    FnApiRunner hands every bundle a fresh cache token, so the cache never hits across bundles, yet each entry put
+    is weighed with objsize, which walks the globals of every loaded module (about 13 ms with TensorFlow and torch
+    loaded): per device, per stateful step, per bundle, it capped the live stream near 1,000 events/s. Without it
+    state is read from the runner's in-memory store: same results.
+    """
+    worker_handlers.STATE_CACHE_SIZE_MB = 0
 
 
 def execute(config: Config, bundle: ModelBundle, rules: EventRules) -> tuple[float, PipelineResult]:
-    """Build and run the pipeline to completion; returns wall seconds and the result (with its metrics)."""
+    """Build and run the pipeline to completion; returns wall seconds and the result (with its metrics).
+
+    The feature scaling (MLTransform) batches a fixed ``SCALING_BATCH`` device batches per TF call: by default it
+    tunes its batch size from one, which splits a live bundle's few device batches over several calls of ~100 ms
+    fixed cost each. A live stream also moves the objects built so far (TF, torch, the graph) out of the cyclic
+    garbage collector, whose full passes over them paused the stream for up to half a second.
+    """
+    import tensorflow_transform.beam as tft_beam
+
     started = time.time()
-    pipeline = beam.Pipeline(options=pipeline_options(config, streaming=config.source.kind != "replay"))
-    build_pipeline(pipeline, source_transform(config, rules), bundle, rules, config)
+    live = config.source.kind != "replay"
+    options = pipeline_options(config, streaming=live)
+    if options.view_as(StandardOptions).runner == LOCAL_RUNNER:
+        skip_local_state_cache()
+    pipeline = beam.Pipeline(options=options)
+    with tft_beam.Context(desired_batch_size=SCALING_BATCH):
+        build_pipeline(pipeline, source_transform(config, rules), bundle, rules, config)
+    if live:
+        gc.freeze()
     result = pipeline.run()
     result.wait_until_finish()
     return time.time() - started, result

@@ -1,12 +1,15 @@
 """Live stream metrics: Beam counters for every outcome and, every few seconds, a log line with throughput, dead
 letters, duplicates and latency percentiles (event time -> prediction, and arrival -> prediction).
 
-The log line is per worker: on the local runner that is the whole stream.
+Each outcome stream gets its own reporting step (no Flatten: the local runner would hold a flattened stream back
+until the end); the steps of one worker process add to one tally, so the log line covers that worker, which on the
+local runner is the whole stream.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any
 
@@ -33,14 +36,14 @@ class Interval:
     event_latency_s: list[np.ndarray] = dataclasses.field(default_factory=list)
     arrival_latency_s: list[np.ndarray] = dataclasses.field(default_factory=list)
 
-    def add(self, outcome: Any) -> None:
+    def add(self, outcome: PredictionBatch | DeadLetter | Duplicate) -> None:
         if isinstance(outcome, PredictionBatch):
             self.predictions += len(outcome)
             self.event_latency_s.append(outcome.processing_time - outcome.event_time)
             self.arrival_latency_s.append(outcome.processing_time - outcome.received_at)
         elif isinstance(outcome, DeadLetter):
             self.dead_letters += 1
-        elif isinstance(outcome, Duplicate):
+        else:
             self.duplicates += 1
 
     def summary(self, now: float) -> str:
@@ -58,28 +61,46 @@ def _percentiles(parts: list[np.ndarray]) -> str:
     return f"{p50:.0f}/{p95:.0f}/{p99:.0f}"
 
 
-class _ReportFn(beam.DoFn):
-    def __init__(self, every_s: float):
+class Tally:
+    """The current interval of this process; whoever adds past its end logs it and starts the next."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S):
         self._every_s = every_s
-        self._predictions = Metrics.counter(METRICS_NAMESPACE, "predictions")
-        self._dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+        self._lock = threading.Lock()
+        self._interval: Interval | None = None
 
-    def setup(self) -> None:
-        self._interval = Interval(time.time())
-
-    def process(self, outcome: Any) -> None:
-        self._interval.add(outcome)
-        if isinstance(outcome, PredictionBatch):
-            self._predictions.inc(len(outcome))
-        elif isinstance(outcome, DeadLetter):
-            self._dead_letters.inc()
+    def add(self, outcome: PredictionBatch | DeadLetter | Duplicate) -> str | None:
+        """Count an outcome; returns the finished interval's summary when one ends."""
         now = time.time()
-        if now - self._interval.started >= self._every_s:
-            LOG.info("stream: %s", self._interval.summary(now))
-            self._interval = Interval(now)
+        with self._lock:
+            if self._interval is None:
+                self._interval = Interval(now)
+            self._interval.add(outcome)
+            if now - self._interval.started < self._every_s:
+                return None
+            finished, self._interval = self._interval, Interval(now)
+        return finished.summary(now)
+
+
+_TALLY = Tally()
+
+
+class _ReportFn(beam.DoFn):
+    def __init__(self):
+        self._counters = {kind: Metrics.counter(METRICS_NAMESPACE, name) for kind, name in (
+            (PredictionBatch, "predictions"), (DeadLetter, "dead_letters"))}
+
+    def process(self, element: Any) -> None:
+        outcome = element[1] if isinstance(element, tuple) else element
+        counter = self._counters.get(type(outcome))
+        if counter is not None:
+            counter.inc(len(outcome) if isinstance(outcome, PredictionBatch) else 1)
+        summary = _TALLY.add(outcome)
+        if summary:
+            LOG.info("stream: %s", summary)
 
 
 @beam.ptransform_fn
-def ReportLiveMetrics(outcomes: beam.PCollection, every_s: float = LOG_EVERY_S) -> beam.PCollection:
-    """PredictionBatch | DeadLetter | Duplicate -> counters, and a log line every ``every_s`` seconds."""
-    return outcomes | "Report" >> beam.ParDo(_ReportFn(every_s))
+def ReportLiveMetrics(outcomes: beam.PCollection) -> beam.PCollection:
+    """(device_id, PredictionBatch) | DeadLetter | Duplicate -> counters, and a log line every ``LOG_EVERY_S``."""
+    return outcomes | "Report" >> beam.ParDo(_ReportFn())

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 
 from features.schema import encode_events
-from inference_pipeline.sources.mqtt import MqttSettings, connect_in_background, create_client
+from inference_pipeline.sources.mqtt_client import MqttSettings, connect_in_background, create_client
 from training.malformed import KINDS, corrupt
 from training.simulate import SENSORS, simulate_fleet
 
@@ -29,8 +29,10 @@ TICK_S = 0.005
 
 @dataclasses.dataclass
 class PublishReport:
-    """What was published: counts (malformed by reason), the time span, and how far publishing fell behind."""
+    """What was published (``run``: the tag in every event id), counts (malformed by reason), the time span, and
+    how far publishing fell behind schedule."""
 
+    run: str = ""
     published: int = 0
     valid: int = 0
     malformed: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -56,7 +58,7 @@ class Fleet:
         self.run = f"{int(time.time() * 1000):x}"
         self._next = 0
         self._malformed_fraction = malformed_fraction
-        self._malformed_owed = 0.0
+        self._taken = 0
         self._malformed_made = 0
         self._template: tuple[str, str, str | None] | None = None
         self._max_payload_bytes = max_payload_bytes
@@ -70,9 +72,9 @@ class Fleet:
         Malformed copies (of this call's valid events, else of the last one) stand in for valid events so that
         ``malformed_fraction`` of all messages are malformed.
         """
-        self._malformed_owed += n * self._malformed_fraction
-        bad = min(int(self._malformed_owed), n if self._template else n - 1)
-        self._malformed_owed -= bad
+        self._taken += n
+        owed = math.floor(self._taken * self._malformed_fraction + 1e-9) - self._malformed_made
+        bad = max(0, min(owed, n if self._template else n - 1))
         rows = slice(self._next, min(self._next + n - bad, len(self)))
         self._next = rows.stop
         devices = self.device_ids[rows].tolist()
@@ -156,7 +158,7 @@ def publish_fleet(settings: MqttSettings, prefix: str, rate: float, devices: int
     total = int(round(rate * duration_s))
     fleet = Fleet(devices, total, rate, seed, fault_rate, sensors, malformed_fraction, max_payload_bytes)
     publisher = Publisher(settings)
-    report = PublishReport(started=time.time())
+    report = PublishReport(run=fleet.run, started=time.time())
     try:
         for due, lag in schedule(rate, total, report.started):
             report.max_lag_s = max(report.max_lag_s, lag)

@@ -32,11 +32,15 @@ LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 @dataclasses.dataclass(frozen=True)
 class Outputs:
-    """The pipeline's result collections, for sinks and tests."""
+    """The pipeline's result collections, for sinks and tests.
+
+    Dead letters stay in parts by origin (``Parse``, ``Inference``) rather than flattened: the local runner
+    materializes a multi-input Flatten, which would hold a live stream's dead letters back until the stream ends.
+    """
 
     predictions: beam.PCollection
     alerts: beam.PCollection
-    dead_letters: beam.PCollection
+    dead_letters: dict[str, beam.PCollection]
     duplicates: beam.PCollection
 
 
@@ -78,19 +82,20 @@ class ScoreEvents(beam.PTransform):
         predictions = inferred | "Score" >> ScorePredictions(config.alerting.threshold or 0.5, spec.window)
         alerts = predictions | "Alerts" >> DebounceAlerts(config.alerting.open_after, config.alerting.close_after)
         inference_errors = failed.failed_inferences | "InferenceErrors" >> beam.FlatMap(_failed_inference)
-        dead = (parsed.dead_letters, inference_errors) | "DeadLetters" >> beam.Flatten()
+        dead = {"Parse": parsed.dead_letters, "Inference": inference_errors}
         return Outputs(predictions, alerts, dead, unique.duplicates)
 
 
 def write_outputs(outputs: Outputs, config: Config) -> None:
     """The embedded sinks (one SQLite file), and the configured topic sinks."""
-    sink_path = config.sink_path
+    sink_path, sinks = config.sink_path, config.sinks
     outputs.predictions | "WritePredictions" >> WritePredictions(sink_path)
     outputs.alerts | "WriteAlerts" >> WriteAlerts(sink_path)
-    outputs.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(sink_path)
-    topics = (("Alerts", outputs.alerts, config.sinks.alerts, alert_messages),
-              ("DeadLetters", outputs.dead_letters, config.sinks.dead_letters, dead_letter_messages),
-              ("Predictions", outputs.predictions, config.sinks.predictions, prediction_messages))
+    topics = [("Alerts", outputs.alerts, sinks.alerts, alert_messages),
+              ("Predictions", outputs.predictions, sinks.predictions, prediction_messages)]
+    for origin, letters in outputs.dead_letters.items():
+        letters | f"Write{origin}DeadLetters" >> WriteDeadLetters(sink_path)
+        topics.append((f"{origin}DeadLetters", letters, sinks.dead_letters, dead_letter_messages))
     for name, results, sink, to_messages in topics:
         if sink is not None:
             results | f"Publish{name}" >> PublishMessages(sink.kind, sink.topic, to_messages, config.broker(sink),
@@ -99,8 +104,10 @@ def write_outputs(outputs: Outputs, config: Config) -> None:
 
 def report_outputs(outputs: Outputs) -> None:
     """Counters and a periodic log line over every outcome: predictions, dead letters, duplicates."""
-    outcomes = (outputs.predictions | "PredictionBatches" >> beam.Values(), outputs.dead_letters, outputs.duplicates)
-    outcomes | "Outcomes" >> beam.Flatten() | "Metrics" >> ReportLiveMetrics()
+    outputs.predictions | "ReportPredictions" >> ReportLiveMetrics()
+    for origin, letters in outputs.dead_letters.items():
+        letters | f"Report{origin}DeadLetters" >> ReportLiveMetrics()
+    outputs.duplicates | "ReportDuplicates" >> ReportLiveMetrics()
 
 
 def pipeline_options(config: Config, streaming: bool = False) -> PipelineOptions:

@@ -11,7 +11,7 @@ from typing import Any
 import apache_beam as beam
 import paho.mqtt.client as mqtt
 
-from inference_pipeline.sources.mqtt import MqttSettings, connect_in_background, create_client
+from inference_pipeline.sources.mqtt_client import MqttSettings, connect_in_background, create_client
 
 _FLUSH_EVERY = 10_000
 

@@ -10,12 +10,14 @@ session beyond those in flight and drops the rest silently, also while the pipel
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
 import math
-import queue
 import re
+import struct
+import subprocess
 import threading
 import time
 import uuid
@@ -24,17 +26,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import apache_beam as beam
-import paho.mqtt.client as mqtt
-from apache_beam import coders
+from apache_beam import coders, typehints
 from apache_beam.io.unbounded_source import (
     CheckpointMark, ReadFromUnboundedSource, UnboundedReader, UnboundedSource)
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from features.schema import RawEvent
-from inference_pipeline.sources.mqtt_settings import MqttSettings, ReadLimits
+from inference_pipeline.sources.mqtt_client import MqttSettings, ReadLimits
+from inference_pipeline.sources.mqtt_receiver import read_frame, start_receiver, write_frame
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,47 +52,6 @@ def request_stop(stop: bool = True) -> None:
         _stop_requested.clear()
 
 
-def create_client(settings: MqttSettings, *, client_id: str, clean_start: bool, manual_ack: bool) -> mqtt.Client:
-    """A paho 2.x client configured from ``settings`` (auth, TLS, backoff); not yet connected."""
-    v5 = settings.protocol == "5"
-    kwargs: dict[str, Any] = {
-        "callback_api_version": CallbackAPIVersion.VERSION2,
-        "client_id": client_id,
-        "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-        "manual_ack": manual_ack,
-    }
-    if not v5:
-        kwargs["clean_session"] = clean_start
-    client = mqtt.Client(**kwargs)
-    if settings.username is not None:
-        client.username_pw_set(settings.username, settings.resolved_password())
-    if settings.tls is not None:
-        client.tls_set(ca_certs=settings.tls.ca_certs, certfile=settings.tls.certfile, keyfile=settings.tls.keyfile)
-        client.tls_insecure_set(settings.tls.insecure)
-    client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
-    client.max_inflight_messages_set(settings.max_inflight)
-    client.max_queued_messages_set(0)
-    return client
-
-
-def connect_in_background(client: mqtt.Client, settings: MqttSettings, *, clean_start: bool, persistent: bool) -> None:
-    """Start connecting in paho's network thread, which also reconnects with exponential backoff.
-
-    ``persistent``: the broker keeps the session ``settings.session_expiry_s`` after a disconnect (MQTT v5; with
-    v3.1.1 that follows from ``clean_start`` off). With v5, ``clean_start`` applies to the first connect only, so a
-    reconnect never discards the session's unacknowledged messages.
-    """
-    if settings.protocol == "5":
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = settings.session_expiry_s if persistent else 0
-        props.ReceiveMaximum = settings.max_inflight
-        start = mqtt.MQTT_CLEAN_START_FIRST_ONLY if clean_start else False
-        client.connect_async(settings.host, settings.port, settings.keepalive, clean_start=start, properties=props)
-    else:
-        client.connect_async(settings.host, settings.port, settings.keepalive)
-    client.loop_start()
-
-
 @dataclasses.dataclass(frozen=True)
 class _Delivery:
     payload: bytes
@@ -106,8 +64,8 @@ class _Delivery:
 class _Session:
     """The one connection of a client id in this process, shared by successive readers.
 
-    The network thread queues deliveries; ``epoch`` counts CONNACKs. After a reconnect the broker resends every
-    unacknowledged message under a new epoch, so acks of an older epoch are dropped (their resent copies get acked).
+    The connection itself lives in a receiver process (``mqtt_receiver``); a collector thread here queues what it
+    forwards. Acks go back to it, and it drops those of an older connection epoch.
     """
 
     _registry: dict[str, "_Session"] = {}
@@ -116,20 +74,17 @@ class _Session:
     def __init__(self, settings: MqttSettings):
         self.settings = settings
         self.token = uuid.uuid4().hex
-        self.epoch = 0
-        self._deliveries: queue.SimpleQueue[_Delivery] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Delivery] = collections.deque()
         self._returned: list[_Delivery] = []
-        self._lock = threading.Lock()
         self._refs = 0
         self._unacked = 0
         self._closing = False
         self._closed = False
-        self._client = create_client(
-            settings, client_id=settings.client_id, clean_start=settings.clean_start, manual_ack=True)
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.on_disconnect = self._on_disconnect
-        connect_in_background(self._client, settings, clean_start=settings.clean_start, persistent=True)
+        self._receiver_gone = False
+        self._receiver = start_receiver(settings)
+        self._write_lock = threading.Lock()
+        threading.Thread(target=self._collect, name=f"mqtt-collect-{settings.client_id}", daemon=True).start()
 
     @classmethod
     def acquire(cls, settings: MqttSettings) -> "_Session":
@@ -141,7 +96,7 @@ class _Session:
                 cls._registry[settings.client_id] = session
             elif session.settings != settings:
                 _LOGGER.warning("MQTT client id %s is already open with other settings; reusing it", settings.client_id)
-            with session._lock:
+            with session._cond:
                 session._refs += 1
                 session._closing = False
             return session
@@ -152,64 +107,73 @@ class _Session:
             session = cls._registry.get(client_id)
         return session if session is not None and session.token == token else None
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if reason_code.is_failure:
-            _LOGGER.warning("MQTT connect refused for %s: %s", self.settings.client_id, reason_code)
-            return
-        self.epoch += 1
-        _LOGGER.info(
-            "MQTT %s connected (session present: %s, epoch %d)", self.settings.client_id, flags.session_present, self.epoch)
-        if self.settings.topics:
-            client.subscribe([(topic, self.settings.qos) for topic in self.settings.topics])
+    def _collect(self) -> None:
+        while True:
+            try:
+                batch = read_frame(self._receiver.stdout)
+            except (EOFError, OSError, ValueError):
+                break
+            with self._cond:
+                self._queue.extend(_Delivery(*delivery) for delivery in batch)
+                self._cond.notify_all()
+        with self._cond:
+            self._receiver_gone = True
+            self._cond.notify_all()
+        if not self._closed:
+            _LOGGER.error("MQTT receiver of %s exited (code %s)", self.settings.client_id, self._receiver.wait())
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if self._closed:
-            return
-        if reason_code == "Session taken over":
-            _LOGGER.error("MQTT client id %s was taken over: two consumers share it", self.settings.client_id)
-        else:
-            _LOGGER.warning("MQTT %s disconnected (%s); reconnecting", self.settings.client_id, reason_code)
+    def _wait_for_delivery(self, until: float) -> bool:
+        """With the lock held: whether a delivery is queued by ``until`` (monotonic seconds)."""
+        while not self._queue:
+            if self._receiver_gone:
+                raise ConnectionError(f"MQTT receiver of {self.settings.client_id} is gone")
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            self._cond.wait(left)
+        return True
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._deliveries.put(_Delivery(message.payload, time.time(), message.mid, message.qos, self.epoch))
-
-    def get(self, timeout: float) -> _Delivery | None:
-        """The next delivery (redeliveries of failed readers first), or None after ``timeout`` seconds."""
-        with self._lock:
-            if self._returned:
-                return self._returned.pop(0)
-        try:
-            delivery = self._deliveries.get(timeout=timeout) if timeout > 0 else self._deliveries.get_nowait()
-        except queue.Empty:
-            return None
-        if delivery.qos:
-            with self._lock:
-                self._unacked += 1
-        return delivery
+    def take(self, timeout: float, limit: int, window_s: float, gap_s: float) -> list[_Delivery]:
+        """Up to ``limit`` deliveries (redeliveries of failed readers first): waits ``timeout`` seconds for the
+        first, then gathers for up to ``window_s`` more, stopping early after ``gap_s`` without a message."""
+        with self._cond:
+            taken, self._returned = self._returned[:limit], self._returned[limit:]
+            if not taken and not self._wait_for_delivery(time.monotonic() + timeout):
+                return []
+            window_end = time.monotonic() + window_s
+            fresh: list[_Delivery] = []
+            while True:
+                while self._queue and len(taken) + len(fresh) < limit:
+                    fresh.append(self._queue.popleft())
+                if len(taken) + len(fresh) >= limit:
+                    break
+                if not self._wait_for_delivery(min(time.monotonic() + gap_s, window_end)):
+                    break
+            self._unacked += sum(1 for delivery in fresh if delivery.qos)
+        return taken + fresh
 
     def give_back(self, deliveries: Sequence[_Delivery]) -> None:
         """Re-offer deliveries that a reader read but never checkpointed (its bundle failed)."""
-        with self._lock:
+        with self._cond:
             self._returned[:0] = deliveries
 
-    def ack(self, acks: Sequence[Ack]) -> int:
-        """PUBACK the acks of the current epoch in order; returns how many were sent."""
-        sent = 0
-        epoch = self.epoch
-        for ack_epoch, mid in acks:
-            if ack_epoch == epoch and not self._closed:
-                self._client.ack(mid, 1)
-                sent += 1
-        with self._lock:
+    def ack(self, acks: Sequence[Ack]) -> None:
+        """PUBACK these messages (the receiver skips those of an earlier connection: the broker resent them)."""
+        try:
+            with self._write_lock:
+                write_frame(self._receiver.stdin, list(acks))
+        except (BrokenPipeError, ValueError):
+            _LOGGER.warning("MQTT receiver of %s is gone; %d messages will be redelivered", self.settings.client_id,
+                            len(acks))
+        with self._cond:
             self._unacked = max(0, self._unacked - len(acks))
             done = self._closing and self._refs == 0 and self._unacked == 0
         if done:
             self._close()
-        return sent
 
     def release(self, linger_s: float) -> None:
         """Drop a reader's reference; disconnect once pending acks are in, or after ``linger_s``."""
-        with self._lock:
+        with self._cond:
             self._refs -= 1
             if self._refs > 0:
                 return
@@ -223,7 +187,7 @@ class _Session:
         timer.start()
 
     def _close_if_unused(self) -> None:
-        with self._lock:
+        with self._cond:
             unused = self._closing and self._refs == 0
         if unused:
             self._close()
@@ -235,8 +199,16 @@ class _Session:
             self._closed = True
             if self._registry.get(self.settings.client_id) is self:
                 del self._registry[self.settings.client_id]
-        self._client.disconnect()
-        self._client.loop_stop()
+        try:
+            with self._write_lock:
+                write_frame(self._receiver.stdin, None)
+                self._receiver.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+        try:
+            self._receiver.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._receiver.kill()
 
 
 class MqttCheckpointMark(CheckpointMark):
@@ -299,6 +271,47 @@ class MqttCheckpointMarkCoder(coders.Coder):
         return hash(type(self))
 
 
+class RawEventsCoder(coders.Coder):
+    """list[RawEvent] as (arrival time, length, payload) records; its size estimate is arithmetic.
+
+    The runner samples the byte size of a source's output on every bundle; with a pickling coder that meant
+    pickling every message of every batch again.
+    """
+
+    _HEAD = struct.Struct("<dI")
+
+    def encode(self, value: list[RawEvent]) -> bytes:
+        parts = [struct.pack("<I", len(value))]
+        for event in value:
+            payload = event.payload.encode() if isinstance(event.payload, str) else event.payload
+            parts += [self._HEAD.pack(event.received_at, len(payload)), payload]
+        return b"".join(parts)
+
+    def decode(self, encoded: bytes) -> list[RawEvent]:
+        (count,), offset, events = struct.unpack_from("<I", encoded), 4, []
+        for _ in range(count):
+            received_at, size = self._HEAD.unpack_from(encoded, offset)
+            offset += self._HEAD.size
+            events.append(RawEvent(encoded[offset:offset + size], received_at))
+            offset += size
+        return events
+
+    def estimate_size(self, value: list[RawEvent]) -> int:
+        return 4 + sum(self._HEAD.size + len(event.payload) for event in value)
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self) -> Any:
+        return typehints.List[RawEvent]
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
 _TS_NUMBER = re.compile(rb'"ts"\s*:\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)')
 _TS_STRING = re.compile(rb'"ts"\s*:\s*"([^"]{1,64})"')
 
@@ -329,14 +342,20 @@ def event_time(payload: bytes, received_at: float, max_clock_skew_s: float) -> f
 
 
 class MqttReader(UnboundedReader):
-    """Reads one session's deliveries; keeps the acks of the current bundle until its checkpoint is cut."""
+    """Reads one session's deliveries; keeps the acks of the current bundle until its checkpoint is cut.
+
+    A record is a list of RawEvents: the messages that arrive within ``batch_window_s`` of its first one (fewer
+    after a ``batch_wait_s`` lull, at most ``max_batch``), so the runner's per-element cost is paid per batch, not
+    per message. Its timestamp is the batch's earliest event time; the watermark follows the newest event time
+    seen, minus ``max_lateness_s``.
+    """
 
     def __init__(self, source: "MqttSource", mark: MqttCheckpointMark | None):
         self._settings = source.settings
         self._limits = source.limits
         self._session = _Session.acquire(source.settings)
         self._read: list[_Delivery] = []
-        self._current: RawEvent | None = None
+        self._current: list[RawEvent] | None = None
         self._current_ts = MIN_TIMESTAMP
         self._records = mark.records_read if mark else 0
         self._max_event = mark.max_event_time if mark else None
@@ -356,28 +375,37 @@ class MqttReader(UnboundedReader):
             self._finished = True
         if self._finished:
             return False
-        wait = self._limits.poll_wait_s if self._bundle_start else self._limits.batch_wait_s
+        limits = self._limits
+        wait = limits.poll_wait_s if self._bundle_start else limits.batch_wait_s
         self._bundle_start = False
-        delivery = self._session.get(wait)
-        if delivery is None:
+        deliveries = self._session.take(wait, self._batch_limit(), limits.batch_window_s, limits.batch_wait_s)
+        if not deliveries:
             self._on_idle()
             return False
         self._idle_since = time.monotonic()
-        if delivery.qos:
-            self._read.append(delivery)
-        if len(delivery.payload) > self._settings.max_payload_bytes:
-            ts = delivery.received_at
-        else:
-            ts = event_time(delivery.payload, delivery.received_at, self._limits.max_clock_skew_s)
-        self._current = RawEvent(delivery.payload, delivery.received_at)
-        self._current_ts = Timestamp.of(ts)
-        self._records += 1
-        if self._max_event is None or ts > self._max_event:
-            self._max_event = ts
-            self._raise_watermark(ts - self._limits.max_lateness_s)
+        self._read.extend(delivery for delivery in deliveries if delivery.qos)
+        times = [self._event_time(delivery) for delivery in deliveries]
+        self._current = [RawEvent(delivery.payload, delivery.received_at) for delivery in deliveries]
+        self._current_ts = Timestamp.of(min(times))
+        self._records += len(deliveries)
+        newest = max(times)
+        if self._max_event is None or newest > self._max_event:
+            self._max_event = newest
+            self._raise_watermark(newest - self._limits.max_lateness_s)
         if self._limits.max_records is not None and self._records >= self._limits.max_records:
             self._finished = True
         return True
+
+    def _batch_limit(self) -> int:
+        if self._limits.max_records is None:
+            return self._limits.max_batch
+        return max(1, min(self._limits.max_batch, self._limits.max_records - self._records))
+
+    def _event_time(self, delivery: _Delivery) -> float:
+        """The payload's event time; an oversize payload (dead-lettered downstream) counts as received now."""
+        if len(delivery.payload) > self._settings.max_payload_bytes:
+            return delivery.received_at
+        return event_time(delivery.payload, delivery.received_at, self._limits.max_clock_skew_s)
 
     def _on_idle(self) -> None:
         idle = time.monotonic() - self._idle_since
@@ -392,7 +420,7 @@ class MqttReader(UnboundedReader):
         if self._watermark is None or value > self._watermark:
             self._watermark = value
 
-    def get_current(self) -> RawEvent:
+    def get_current(self) -> list[RawEvent]:
         if self._current is None:
             raise ValueError("no current record")
         return self._current
@@ -423,7 +451,7 @@ class MqttReader(UnboundedReader):
 
 
 class MqttSource(UnboundedSource):
-    """An MQTT subscription as an unbounded source of :class:`RawEvent` (not split: one client id, one session)."""
+    """An MQTT subscription as an unbounded source of list[RawEvent] (not split: one client id, one session)."""
 
     def __init__(self, settings: MqttSettings, limits: ReadLimits = ReadLimits()):
         if not settings.topics:
@@ -441,15 +469,14 @@ class MqttSource(UnboundedSource):
         return MqttCheckpointMarkCoder()
 
     def default_output_coder(self) -> coders.Coder:
-        return coders.registry.get_coder(RawEvent)
+        return RawEventsCoder()
 
 
 class ReadFromMqtt(beam.PTransform):
-    """Read an MQTT subscription as a PCollection of :class:`RawEvent`, timestamped with the events' ``ts``.
+    """Read an MQTT subscription as a PCollection of list[RawEvent] (what arrived together, in arrival order).
 
-    A bundle ends after ``max_read_time_s`` or ``max_records_per_bundle`` records (default: the in-flight window,
-    which the broker will not exceed without acks) or when no message arrives for ``limits.batch_wait_s``;
-    its messages are acknowledged when it commits.
+    A bundle holds ``max_records_per_bundle`` batches (default one: each batch is processed, committed and its
+    messages acknowledged as soon as it is read), or fewer if ``max_read_time_s`` passes or the stream idles.
     """
 
     def __init__(
@@ -458,13 +485,13 @@ class ReadFromMqtt(beam.PTransform):
         limits: ReadLimits = ReadLimits(),
         *,
         max_read_time_s: float = 1.0,
-        max_records_per_bundle: int | None = None,
+        max_records_per_bundle: int = 1,
         poll_interval_s: float = 0.0,
     ):
         super().__init__()
         self._source = MqttSource(MqttSettings.coerce(settings), limits)
         self._max_read_time_s = max_read_time_s
-        self._max_records_per_bundle = max_records_per_bundle or self._source.settings.max_inflight
+        self._max_records_per_bundle = max_records_per_bundle
         self._poll_interval_s = poll_interval_s
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
@@ -474,5 +501,5 @@ class ReadFromMqtt(beam.PTransform):
             max_records_per_bundle=self._max_records_per_bundle,
             max_read_time_seconds=self._max_read_time_s,
         )
-        events.element_type = RawEvent
+        events.element_type = typehints.List[RawEvent]
         return events

@@ -25,9 +25,8 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from features.schema import RawEvent, event_payload
 from inference_pipeline.sinks.mqtt import PublishToMqtt
-from inference_pipeline.sources.mqtt import (
-    MqttCheckpointMarkCoder, MqttSettings, MqttSource, ReadFromMqtt, ReadLimits, connect_in_background, create_client,
-    event_time)
+from inference_pipeline.sources.mqtt import MqttCheckpointMarkCoder, MqttSource, ReadFromMqtt, event_time
+from inference_pipeline.sources.mqtt_client import MqttSettings, ReadLimits, connect_in_background, create_client
 
 REPO = Path(__file__).resolve().parents[2]
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
@@ -48,10 +47,11 @@ class _SqliteSink(beam.DoFn):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS seen (event_id TEXT, received_at REAL, pid INTEGER)")
 
-    def process(self, raw: RawEvent) -> None:
-        time.sleep(self._delay_s)
-        event_id = json.loads(raw.payload)["event_id"]
-        self._db.execute("INSERT INTO seen VALUES (?, ?, ?)", (event_id, raw.received_at, os.getpid()))
+    def process(self, raws: list[RawEvent]) -> None:
+        for raw in raws:
+            time.sleep(self._delay_s)
+            event_id = json.loads(raw.payload)["event_id"]
+            self._db.execute("INSERT INTO seen VALUES (?, ?, ?)", (event_id, raw.received_at, os.getpid()))
 
     def teardown(self) -> None:
         self._db.close()
@@ -197,15 +197,16 @@ def test_reader_watermark_checkpoint_and_stop(tag):
         payload = event_payload("pump-001", ts, {"flow_rate": 1.0}, event_id=f"ev-{i}")
         publisher.client.publish(f"iotml-test/{tag}/pump-001/telemetry", payload, qos=1).wait_for_publish(10)
     publisher.close()
-    limits = ReadLimits(poll_wait_s=1, max_lateness_s=10, stop_after_idle_s=0.5, idle_watermark_after_s=None)
+    limits = ReadLimits(poll_wait_s=1, batch_window_s=1, batch_wait_s=0.5, max_batch=2, max_lateness_s=10,
+                        stop_after_idle_s=0.5, idle_watermark_after_s=None)
     reader = MqttSource(settings, limits).create_reader(None, None)
     try:
         seen = []
-        for step in (reader.start, reader.advance, reader.advance):
+        for step in (reader.start, reader.advance):
             assert step()
-            seen.append((reader.get_current_timestamp(), reader.get_watermark()))
-        assert seen == [
-            (Timestamp(1000), Timestamp(990)), (Timestamp(900), Timestamp(990)), (Timestamp(1100), Timestamp(1090))]
+            seen.append(([json.loads(e.payload)["ts"] for e in reader.get_current()], reader.get_current_timestamp(),
+                         reader.get_watermark()))
+        assert seen == [([1000.0, 900.0], Timestamp(900), Timestamp(990)), ([1100.0], Timestamp(1100), Timestamp(1090))]
         mark = reader.get_checkpoint_mark()
         coder = MqttCheckpointMarkCoder()
         assert coder.encode(coder.decode(coder.encode(mark))) == coder.encode(mark)

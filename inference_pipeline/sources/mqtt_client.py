@@ -1,5 +1,6 @@
-"""MQTT connection and reader settings: plain data, validated once (no network, no Beam), so the deployment config
-can hold them typed. Secrets never need to be in a file: the password can come from an environment variable."""
+"""MQTT settings and paho client construction, without Beam: the deployment config holds the settings typed, and the
+receiver process builds its client from them. Secrets never need to be in a file: the password can come from an
+environment variable."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +9,10 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
@@ -98,20 +103,64 @@ class MqttSettings(BaseModel):
         return cls.model_validate(dict(value))
 
 
+def create_client(settings: MqttSettings, *, client_id: str, clean_start: bool, manual_ack: bool) -> mqtt.Client:
+    """A paho 2.x client configured from ``settings`` (auth, TLS, backoff); not yet connected."""
+    v5 = settings.protocol == "5"
+    kwargs: dict[str, Any] = {
+        "callback_api_version": CallbackAPIVersion.VERSION2,
+        "client_id": client_id,
+        "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        "manual_ack": manual_ack,
+    }
+    if not v5:
+        kwargs["clean_session"] = clean_start
+    client = mqtt.Client(**kwargs)
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.resolved_password())
+    if settings.tls is not None:
+        client.tls_set(ca_certs=settings.tls.ca_certs, certfile=settings.tls.certfile, keyfile=settings.tls.keyfile)
+        client.tls_insecure_set(settings.tls.insecure)
+    client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+    client.max_inflight_messages_set(settings.max_inflight)
+    client.max_queued_messages_set(0)
+    return client
+
+
+def connect_in_background(client: mqtt.Client, settings: MqttSettings, *, clean_start: bool, persistent: bool) -> None:
+    """Start connecting in paho's network thread, which also reconnects with exponential backoff.
+
+    ``persistent``: the broker keeps the session ``settings.session_expiry_s`` after a disconnect (MQTT v5; with
+    v3.1.1 that follows from ``clean_start`` off). With v5, ``clean_start`` applies to the first connect only, so a
+    reconnect never discards the session's unacknowledged messages.
+    """
+    if settings.protocol == "5":
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = settings.session_expiry_s if persistent else 0
+        props.ReceiveMaximum = settings.max_inflight
+        start = mqtt.MQTT_CLEAN_START_FIRST_ONLY if clean_start else False
+        client.connect_async(settings.host, settings.port, settings.keepalive, clean_start=start, properties=props)
+    else:
+        client.connect_async(settings.host, settings.port, settings.keepalive)
+    client.loop_start()
+
+
 @dataclasses.dataclass(frozen=True)
 class ReadLimits:
-    """Reader timing, watermark and stop settings.
+    """Reader timing, batching, watermark and stop settings.
 
-    ``poll_wait_s``: how long the first read of a bundle waits for a message (FnApiRunner reschedules an idle
-    source at once, so this is what keeps it from spinning); ``batch_wait_s``: how long later reads wait before
-    the bundle ends. The watermark is the largest event time seen minus ``max_lateness_s``, or, after
-    ``idle_watermark_after_s`` without messages, the wall clock minus ``max_lateness_s``. ``max_records`` and
-    ``stop_after_idle_s`` end the stream (benchmarks, tests, draining a backlog): the reader then reports a
-    final watermark and the pipeline finishes.
+    ``poll_wait_s``: how long a bundle's first read waits for a message (FnApiRunner reschedules an idle source at
+    once, so this is what keeps it from spinning). A batch gathers the messages arriving within ``batch_window_s``
+    of its first one, ends early after ``batch_wait_s`` without a message, and holds at most ``max_batch``: the
+    window trades latency for per-batch overhead. The watermark is the largest event time seen minus
+    ``max_lateness_s``, or, after ``idle_watermark_after_s`` without messages, the wall clock minus
+    ``max_lateness_s``. ``max_records`` and ``stop_after_idle_s`` end the stream (benchmarks, tests, draining a
+    backlog): the reader then reports a final watermark and the pipeline finishes.
     """
 
     poll_wait_s: float = 0.25
+    batch_window_s: float = 0.05
     batch_wait_s: float = 0.01
+    max_batch: int = 2000
     max_lateness_s: float = 60.0
     max_clock_skew_s: float = 300.0
     idle_watermark_after_s: float | None = 30.0

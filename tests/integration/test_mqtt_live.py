@@ -1,0 +1,305 @@
+"""Nothing lost on a real broker: `iotml stream` (configs/mqtt.yaml) fed by the load generator through Mosquitto.
+
+Accounting: every published message comes out once, as a prediction (SQLite sink) or a dead letter (MQTT topic);
+redelivered copies are dropped by event id and only counted. The broker-restart and kill tests run a private
+Mosquitto on another loopback port, so the shared broker on 1883 is never stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from inference_pipeline.loadgen import PublishReport, publish_fleet
+from inference_pipeline.sources.mqtt_client import MqttSettings
+from training.simulate import simulate_fleet
+
+pytestmark = pytest.mark.services
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = ("127.0.0.1", 1883)
+DEVICES = 8
+TOTALS = re.compile(r"finished in .*: (\d+) predictions, (\d+) dead letters, (\d+) duplicates dropped")
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivateBroker:
+    """A Mosquitto of our own with persistence, so it can be stopped and restarted like a real outage."""
+
+    def __init__(self, folder: Path):
+        self.port = free_port()
+        data = folder / "mosquitto"
+        data.mkdir()
+        self.config = folder / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {data}/\nmax_queued_messages 100000\nuser root\nlog_dest stderr\n")
+        self.log = (folder / "mosquitto.log").open("ab")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 10
+        while not reachable("127.0.0.1", self.port):
+            assert time.monotonic() < deadline and self.process.poll() is None, "private mosquitto did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def shared_broker() -> tuple[str, int]:
+    if not reachable(*SHARED):
+        pytest.skip(f"no MQTT broker on {SHARED[0]}:{SHARED[1]}")
+    return SHARED
+
+
+@pytest.fixture
+def private_broker(tmp_path):
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed")
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+class Stream:
+    """One deployment under test: its topics, its SQLite sink, and `iotml stream` processes started on demand."""
+
+    def __init__(self, folder: Path, port: int, bundle_path: Path, devices: list[str]):
+        self.tag = uuid.uuid4().hex[:8]
+        self.prefix = f"iotml-it/{self.tag}"
+        self.port = port
+        self.db = folder / "results.db"
+        self.folder = folder
+        self.overrides = {
+            "model.uri": str(bundle_path), "sinks.path": str(self.db), "source.mqtt.port": port,
+            "source.mqtt.client_id": f"iotml-it-{self.tag}", "source.mqtt.topics": [f"{self.prefix}/+/telemetry"],
+            "source.mqtt.reconnect_max_s": 2, "events.known_devices": devices,
+            "sinks.alerts.topic": f"{self.prefix}/alerts", "sinks.dead_letters.topic": f"{self.prefix}/dead-letters"}
+        self.settings = MqttSettings(port=port, topics=(self.prefix,), client_id=f"iotml-it-gen-{self.tag}")
+        self.runs = 0
+
+    def start(self) -> tuple[subprocess.Popen, Path]:
+        """Start `iotml stream` and wait until its MQTT session is connected."""
+        self.runs += 1
+        log = self.folder / f"stream-{self.runs}.log"
+        command = [sys.executable, "-m", "inference_pipeline.cli", "stream", "--config", str(REPO / "configs" / "mqtt.yaml")]
+        for field, value in self.overrides.items():
+            command += ["--set", f"{field}={json.dumps(value)}"]
+        process = subprocess.Popen(command, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        wait_until(lambda: "connected" in log.read_text(errors="replace"), 120, process, log)
+        return process, log
+
+    def publish(self, rate: float, seconds: float, malformed_fraction: float = 0.0, seed: int = 7) -> PublishReport:
+        return publish_fleet(self.settings, self.prefix, rate, DEVICES, seconds, malformed_fraction, seed)
+
+    def warm_up(self, process: subprocess.Popen, log: Path) -> PublishReport:
+        """Publish a few events and wait for their predictions: the first batch builds the TF graph (seconds)."""
+        report = self.publish(rate=200, seconds=1, seed=6)
+        wait_until(lambda: self.predictions()[0] >= report.published, 60, process, log)
+        return report
+
+    def predictions(self) -> tuple[int, int]:
+        """(prediction rows, distinct event ids) in the sink."""
+        if not self.db.exists():
+            return 0, 0
+        with sqlite3.connect(self.db, timeout=30) as connection:
+            try:
+                return connection.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM predictions").fetchone()
+            except sqlite3.OperationalError:
+                return 0, 0
+
+
+class DeadLetterTopic:
+    """A subscriber on the deployment's dead-letter topic (QoS 1, subscribed before anything is published)."""
+
+    def __init__(self, stream: Stream):
+        self.letters: list[dict] = []
+        ready = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"iotml-it-dl-{stream.tag}")
+        self._client.on_connect = lambda c, *args: c.subscribe(f"{stream.prefix}/dead-letters", qos=1)
+        self._client.on_subscribe = lambda *args: ready.set()
+        self._client.on_message = lambda c, u, m: self.letters.append(json.loads(m.payload))
+        self._client.connect("127.0.0.1", stream.port)
+        self._client.loop_start()
+        assert ready.wait(10), "dead-letter subscription failed"
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def wait_until(condition, timeout_s: float, process: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"pipeline exited with {process.returncode}:\n{log.read_text()[-3000:] if log else ''}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s" + (f":\n{log.read_text()[-3000:]}" if log else ""))
+        time.sleep(0.2)
+
+
+def drain(process: subprocess.Popen, log: Path) -> dict[str, int]:
+    """Ctrl-C: the pipeline finishes what it read, acknowledges it and exits 0; returns its logged totals."""
+    process.send_signal(signal.SIGINT)
+    assert process.wait(60) == 0, log.read_text()[-3000:]
+    found = TOTALS.search(log.read_text())
+    assert found, log.read_text()[-3000:]
+    return dict(zip(("predictions", "dead_letters", "duplicates"), map(int, found.groups())))
+
+
+def kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
+@pytest.fixture
+def fleet_devices() -> list[str]:
+    return sorted(simulate_fleet(DEVICES, 1.0)["device_id"].unique())
+
+
+def test_ten_thousand_published_events_are_all_predicted(shared_broker, trained, tmp_path, fleet_devices):
+    stream = Stream(tmp_path, shared_broker[1], trained.bundle.path, fleet_devices)
+    process, log = stream.start()
+    try:
+        report = stream.publish(rate=2000, seconds=5)
+        wait_until(lambda: stream.predictions()[0] >= report.published, 90, process, log)
+        totals = drain(process, log)
+    finally:
+        kill(process)
+    rows, distinct = stream.predictions()
+    print(f"\n10k test: published {report.published}, predictions {rows} ({distinct} distinct), "
+          f"dead letters {totals['dead_letters']}, duplicates dropped {totals['duplicates']}")
+    assert report.published == 10_000
+    assert rows == distinct == report.published
+    assert totals == {"predictions": rows, "dead_letters": 0, "duplicates": totals["duplicates"]}
+
+
+def test_broker_restart_mid_stream_loses_nothing_and_predicts_nothing_twice(private_broker, trained, tmp_path,
+                                                                             fleet_devices):
+    stream = Stream(tmp_path, private_broker.port, trained.bundle.path, fleet_devices)
+    process, log = stream.start()
+    try:
+        warm = stream.warm_up(process, log)
+        reports: list[PublishReport] = []
+        feeder = threading.Thread(target=lambda: reports.append(stream.publish(rate=1000, seconds=6)))
+        feeder.start()
+        wait_until(lambda: stream.predictions()[0] >= warm.published + 1500, 60, process, log)
+        private_broker.stop()
+        at_stop = stream.predictions()[0]
+        time.sleep(2)
+        private_broker.start()
+        wait_until(lambda: "epoch 2" in log.read_text(), 60, process, log)
+        feeder.join(90)
+        published = warm.published + reports[0].published
+        wait_until(lambda: stream.predictions()[1] >= published, 90, process, log)
+        time.sleep(1)
+        totals = drain(process, log)
+    finally:
+        kill(process)
+    rows, distinct = stream.predictions()
+    print(f"\nbroker restart: published {published}, {at_stop} predicted when the broker stopped; predictions {rows} "
+          f"({distinct} distinct), dead letters {totals['dead_letters']}, duplicates dropped {totals['duplicates']}")
+    assert rows == distinct == published
+    assert totals["dead_letters"] == 0
+
+
+def kill_while_writing(process: subprocess.Popen, stream: Stream) -> int:
+    """SIGKILL right after new predictions land in the sink, before their bundle can be acknowledged."""
+    rows = stream.predictions()[0]
+    while stream.predictions()[0] == rows:
+        time.sleep(0.002)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(10)
+    return stream.predictions()[0]
+
+
+def test_killed_pipeline_resumes_after_restart_with_nothing_lost_or_predicted_twice(private_broker, trained, tmp_path,
+                                                                                   fleet_devices):
+    stream = Stream(tmp_path, private_broker.port, trained.bundle.path, fleet_devices)
+    first, first_log = stream.start()
+    second = None
+    try:
+        reports: list[PublishReport] = []
+        feeder = threading.Thread(target=lambda: reports.append(stream.publish(rate=1000, seconds=4)))
+        feeder.start()
+        wait_until(lambda: stream.predictions()[0] >= 1000, 60, first, first_log)
+        at_kill = kill_while_writing(first, stream)
+        feeder.join(30)
+        reports.append(stream.publish(rate=1000, seconds=1, seed=8))
+        published = sum(report.published for report in reports)
+        second, second_log = stream.start()
+        wait_until(lambda: stream.predictions()[1] >= published, 90, second, second_log)
+        time.sleep(1)
+        totals = drain(second, second_log)
+    finally:
+        kill(first)
+        if second is not None:
+            kill(second)
+    rows, distinct = stream.predictions()
+    print(f"\nkill test: published {published}, {at_kill} predicted at the kill; after restart {totals['predictions']} "
+          f"predictions, {totals['duplicates']} redelivered copies dropped; predictions {rows} ({distinct} distinct)")
+    assert rows == distinct == published
+    assert totals["predictions"] == published - at_kill
+    assert totals["dead_letters"] == 0
+
+
+def test_malformed_payloads_go_to_the_dead_letter_topic_and_the_stream_keeps_its_rate(shared_broker, trained,
+                                                                                      tmp_path, fleet_devices):
+    stream = Stream(tmp_path, shared_broker[1], trained.bundle.path, fleet_devices)
+    topic = DeadLetterTopic(stream)
+    process, log = stream.start()
+    try:
+        warm = stream.warm_up(process, log)
+        report = stream.publish(rate=2000, seconds=5, malformed_fraction=0.01)
+        published = warm.published + report.published
+        malformed = sum(report.malformed.values())
+        wait_until(lambda: stream.predictions()[0] + len(topic.letters) >= published, 90, process, log)
+        caught_up = time.time()
+        totals = drain(process, log)
+    finally:
+        topic.close()
+        kill(process)
+    rows, distinct = stream.predictions()
+    reasons = Counter(letter["reason"] for letter in topic.letters)
+    rate = report.published / (caught_up - report.started)
+    print(f"\nmalformed test: published {published} ({malformed} malformed: {dict(report.malformed)}); "
+          f"predictions {rows}, dead letters on the topic {len(topic.letters)}, {rate:.0f} events/s end to end")
+    assert malformed == 100 and reasons == Counter(report.malformed)
+    assert rows == distinct == published - malformed
+    assert totals["dead_letters"] == malformed
+    assert all(letter["detail"] and letter["payload"] for letter in topic.letters)
+    assert rate > 0.8 * 2000
