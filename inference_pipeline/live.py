@@ -18,12 +18,12 @@ import apache_beam as beam
 import pandas as pd
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import StandardOptions
-from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.runners.runner import PipelineResult
 
 from features.schema import EventRules
 from inference_pipeline.config import Config, ConfigError
 from inference_pipeline.dedup import METRICS_NAMESPACE
+from inference_pipeline.local_runner import prepare_local_runner
 from inference_pipeline.pipeline import LOCAL_RUNNER, build_pipeline, pipeline_options
 from inference_pipeline.sources.mqtt import ReadFromMqtt, request_stop
 from inference_pipeline.sources.pubsub import ReadPubSubEvents
@@ -60,17 +60,6 @@ def source_transform(config: Config, rules: EventRules) -> beam.PTransform:
     raise ConfigError(f"source.kind: {source.kind!r} is not available in this build")
 
 
-def skip_local_state_cache() -> None:
-    """Run the local runner's in-process worker without its user-state cache.
-
-    FnApiRunner hands every bundle a fresh cache token, so the cache never hits across bundles, yet each entry put
-    is weighed with objsize, which walks the globals of every loaded module (about 13 ms with TensorFlow and torch
-    loaded): per device, per stateful step, per bundle, it capped the live stream near 1,000 events/s. Without it
-    state is read from the runner's in-memory store: same results.
-    """
-    worker_handlers.STATE_CACHE_SIZE_MB = 0
-
-
 def execute(config: Config, bundle: ModelBundle, rules: EventRules) -> tuple[float, PipelineResult]:
     """Build and run the pipeline to completion; returns wall seconds and the result (with its metrics).
 
@@ -85,7 +74,7 @@ def execute(config: Config, bundle: ModelBundle, rules: EventRules) -> tuple[flo
     live = config.source.kind != "replay"
     options = pipeline_options(config, streaming=live)
     if options.view_as(StandardOptions).runner == LOCAL_RUNNER:
-        skip_local_state_cache()
+        prepare_local_runner()
     pipeline = beam.Pipeline(options=options)
     with tft_beam.Context(desired_batch_size=SCALING_BATCH):
         build_pipeline(pipeline, source_transform(config, rules), bundle, rules, config)
