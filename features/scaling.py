@@ -12,6 +12,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.transforms.base import MLTransform
 
+import features.example_coder_memory  # noqa: F401  (imported for its effect: bounded TFT encoder memory)
 from features.schema import FeatureBatch
 from features.spec import FeatureSpec, scaling_transform
 

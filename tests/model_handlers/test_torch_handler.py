@@ -4,9 +4,9 @@ import torch
 
 from features.schema import EventBatch, FeatureBatch
 from model_handlers.bundle import ModelBundle
-from model_handlers.networks import error_to_score
+from model_handlers.networks import error_to_score, reconstruction_error
 from model_handlers.torch_local import TorchAnomalyHandler
-from model_handlers.torch_model import resolve_device
+from model_handlers.torch_model import padded_rows, resolve_device
 
 
 def feature_batch(n, dim, seed):
@@ -27,6 +27,18 @@ def test_one_forward_pass_scores_each_batch_separately(trained):
     assert np.allclose(results[2].inference[0], alone, rtol=1e-5)
     assert np.allclose(results[2].inference[1], error_to_score(alone, trained.bundle.threshold))
     assert results[0].model_id == f"{trained.bundle.name}/{trained.bundle.version}"
+
+
+def test_forward_passes_run_on_a_few_padded_shapes_and_give_the_unpadded_errors(trained):
+    sizes = range(1, 3000)
+    assert len({padded_rows(n) for n in sizes}) == 5 + 2
+    assert all(n <= padded_rows(n) < max(2 * n, 64 + n, n + 1024) for n in sizes)
+    model = TorchAnomalyHandler(trained.bundle, device="cpu").load_model()
+    features = feature_batch(37, len(trained.bundle.feature_spec.feature_names), 4).features
+    with torch.inference_mode():
+        unpadded = reconstruction_error(model.network, torch.from_numpy(features)).numpy()
+    assert model.errors(features).shape == (37,)
+    assert np.allclose(model.errors(features), unpadded, rtol=1e-5, atol=1e-7)
 
 
 def test_bundle_weights_are_safetensors_not_pickles(trained):
