@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, LookupError, ValueError) as exc:
+    except (ConfigError, ConnectionError, FileNotFoundError, LookupError, ValueError) as exc:
         print(f"iotml {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

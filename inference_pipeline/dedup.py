@@ -4,6 +4,8 @@ At-least-once sources (MQTT QoS 1, Pub/Sub) resend what they could not confirm a
 twice. Each device keeps the ids it has let through, bounded two ways: ids older than the device's newest event time
 minus ``horizon_s`` are forgotten, and at most ``max_ids`` of the newest are kept (memory per device is bounded by
 1.25 * ``max_ids``). A copy arriving later than that is let through (it cannot be told apart from a new event).
+The state is pruned as the device's events arrive; a device that falls silent keeps its bounded state (clearing it
+would take a timer, which the local runner does not fire while a stream runs).
 
 On a runner whose state dies with the process (the local FnApiRunner), ``restore`` seeds a device's state the first
 time the device is seen: ids already predicted (read from the prediction sink), so copies redelivered after a crash
@@ -107,7 +109,8 @@ def drop_seen(seen: SeenIds, batch: EventBatch, horizon_s: float, max_ids: int) 
 
 
 class PredictedIds:
-    """``Restore`` from the SQLite prediction sink: a device's predicted ids since a time, newest first."""
+    """``Restore`` from the SQLite prediction sink: the newest ``max_ids`` ids predicted for a device since a time
+    (oldest first)."""
 
     def __init__(self, sink_path: str | Path, max_ids: int):
         self._path = str(sink_path)

@@ -1,9 +1,9 @@
 """Load generator: publish the simulated fleet to an MQTT broker at a steady rate, as live JSON events.
 
 Each event is stamped with the wall clock when it is published (its ``ts``, so latency is measured from publish),
-carries a run-unique ``event_id`` and goes to ``<prefix>/<device_id>/telemetry`` at QoS 1. ``malformed_fraction``
-adds corrupted copies (``training.malformed``: bad JSON, wrong types, oversize, ...) that the pipeline must
-dead-letter; ``rate`` counts every message, malformed ones included.
+carries a run-unique ``event_id`` and goes to ``<prefix>/<device_id>/telemetry`` at QoS 1. A ``malformed_fraction``
+of the messages are corrupted copies (``training.malformed``: bad JSON, wrong types, oversize, ...) that the
+pipeline must dead-letter; ``rate`` counts every message, malformed ones included.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 
 from features.schema import encode_events
-from inference_pipeline.sources.mqtt_client import MqttSettings, connect_in_background, create_client
+from inference_pipeline.sources.mqtt_client import MqttSettings, connect_and_wait, create_client
 from training.malformed import KINDS, corrupt
 from training.simulate import SENSORS, simulate_fleet
 
@@ -111,14 +111,9 @@ class Publisher:
         self._acked = 0
         self._sent = 0
         self._cond = threading.Condition()
-        connected = threading.Event()
         self._client = create_client(settings, client_id=settings.client_id, clean_start=True, manual_ack=False)
-        self._client.on_connect = lambda *args: connected.set()
         self._client.on_publish = self._on_publish
-        connect_in_background(self._client, settings, clean_start=True, persistent=False)
-        if not connected.wait(settings.connect_timeout_s):
-            self.close()
-            raise ConnectionError(f"MQTT broker {settings.host}:{settings.port} not reachable")
+        connect_and_wait(self._client, settings)
 
     def _on_publish(self, *args: object) -> None:
         with self._cond:

@@ -11,7 +11,7 @@ from typing import Any
 import apache_beam as beam
 import paho.mqtt.client as mqtt
 
-from inference_pipeline.sources.mqtt_client import MqttSettings, connect_in_background, create_client
+from inference_pipeline.sources.mqtt_client import MqttSettings, connect_and_wait, create_client
 
 _FLUSH_EVERY = 10_000
 
@@ -28,23 +28,17 @@ class _PublishDoFn(beam.DoFn):
 
     def setup(self) -> None:
         self._cond = threading.Condition()
-        self._connected = threading.Event()
         self._pending: set[int] = set()
         self._confirmed: set[int] = set()
         self._refused: list[str] = []
         client_id = f"{self._settings.client_id}-pub-{uuid.uuid4().hex[:8]}"
         self._client = create_client(self._settings, client_id=client_id, clean_start=True, manual_ack=False)
-        self._client.on_connect = self._on_connect
         self._client.on_publish = self._on_publish
-        connect_in_background(self._client, self._settings, clean_start=True, persistent=False)
-        if not self._connected.wait(self._settings.connect_timeout_s):
-            raise ConnectionError(f"MQTT broker {self._settings.host}:{self._settings.port} not reachable")
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if not reason_code.is_failure:
-            self._connected.set()
+        connect_and_wait(self._client, self._settings)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        if not self._qos:
+            return
         with self._cond:
             self._confirmed.add(mid)
             if reason_code.is_failure:

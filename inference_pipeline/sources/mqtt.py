@@ -2,7 +2,11 @@
 
 Delivery is at least once. Messages are PUBACKed only in ``CheckpointMark.finalize_checkpoint()``, which the runner
 calls after the bundle that read them has committed; a message read by a process that dies before that is resent by
-the broker when the session resumes (same client id, clean start off, QoS 1). Downstream must tolerate duplicates.
+the broker when the session resumes (same client id, clean start off, QoS 1). Downstream must tolerate duplicates
+(the pipeline drops them by event id, see ``inference_pipeline.dedup``).
+
+The MQTT connection lives in a receiver child process (``mqtt_receiver``); this process gathers its deliveries into
+batches, one list of RawEvents per pipeline element, so per-element costs are paid per batch.
 
 The broker bounds what survives: Mosquitto keeps at most ``max_queued_messages`` (default 1000) messages per
 session beyond those in flight and drops the rest silently, also while the pipeline is down. Size it (and
@@ -54,6 +58,8 @@ def request_stop(stop: bool = True) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _Delivery:
+    """One message as the receiver forwarded it (see ``mqtt_receiver.Delivery``)."""
+
     payload: bytes
     received_at: float
     mid: int

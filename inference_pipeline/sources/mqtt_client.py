@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -70,18 +71,23 @@ class MqttSettings(BaseModel):
         """Settings from ``mqtt[s]://[user[:password]@]host[:port][/topic/filter][?client_id=...&qos=1]``.
 
         The path, if any, is one topic filter (``mqtt://host/plant/+/telemetry``); query parameters and keyword
-        overrides set any other field.
+        overrides set any other field. An ``mqtts://`` URL takes the TLS fields as query parameters too
+        (``?ca_certs=/etc/iotml/ca.crt&certfile=...&keyfile=...``); without them it trusts the system CA store.
         """
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError(f"expected an mqtt:// or mqtts:// URL, got {url!r}")
+        query = dict(parse_qsl(parts.query))
+        tls = {name: query.pop(name) for name in MqttTls.model_fields if name in query}
+        if tls and parts.scheme != "mqtts":
+            raise ValueError(f"TLS options {sorted(tls)} need an mqtts:// URL, got {url!r}")
         fields: dict[str, Any] = {"host": parts.hostname or "127.0.0.1"}
         if parts.port:
             fields["port"] = parts.port
         elif parts.scheme == "mqtts":
             fields["port"] = 8883
         if parts.scheme == "mqtts":
-            fields["tls"] = MqttTls()
+            fields["tls"] = MqttTls.model_validate(tls)
         if parts.username:
             fields["username"] = unquote(parts.username)
         if parts.password:
@@ -89,7 +95,7 @@ class MqttSettings(BaseModel):
         topic = unquote(parts.path.lstrip("/"))
         if topic:
             fields["topics"] = (topic,)
-        fields.update(parse_qsl(parts.query))
+        fields.update(query)
         fields.update(overrides)
         return cls.model_validate(fields)
 
@@ -144,6 +150,34 @@ def connect_in_background(client: mqtt.Client, settings: MqttSettings, *, clean_
     client.loop_start()
 
 
+
+def connect_and_wait(client: mqtt.Client, settings: MqttSettings) -> None:
+    """Connect with a clean, non-persistent session (publishers) and wait for the broker to accept it.
+
+    Raises ConnectionError naming the broker's refusal (bad credentials, not authorised), or saying that no
+    answer came within ``settings.connect_timeout_s`` (broker down, wrong port, TLS handshake failed).
+    """
+    accepted = threading.Event()
+    refusals: list[str] = []
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            refusals.append(str(reason_code))
+        else:
+            accepted.set()
+
+    client.on_connect = on_connect
+    connect_in_background(client, settings, clean_start=True, persistent=False)
+    if accepted.wait(settings.connect_timeout_s):
+        return
+    client.disconnect()
+    client.loop_stop()
+    where = f"MQTT broker {settings.host}:{settings.port}"
+    if refusals:
+        raise ConnectionError(f"{where} refused the connection: {refusals[-1]}")
+    raise ConnectionError(f"{where} did not answer within {settings.connect_timeout_s:g} s "
+                          "(down, wrong port, or the TLS handshake failed)")
+
 @dataclasses.dataclass(frozen=True)
 class ReadLimits:
     """Reader timing, batching, watermark and stop settings.
@@ -158,7 +192,7 @@ class ReadLimits:
     """
 
     poll_wait_s: float = 0.25
-    batch_window_s: float = 0.05
+    batch_window_s: float = 0.03
     batch_wait_s: float = 0.01
     max_batch: int = 2000
     max_lateness_s: float = 60.0

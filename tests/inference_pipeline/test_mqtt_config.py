@@ -33,6 +33,10 @@ def test_tls_settings_come_from_config_and_mqtts_urls():
     assert config.source.mqtt.tls.ca_certs == "/etc/iotml/ca.crt"
     settings = MqttSettings.from_url("mqtts://iotml@broker.example/plant?client_id=p")
     assert settings.port == 8883 and settings.tls is not None and settings.username == "iotml"
+    private_ca = MqttSettings.from_url("mqtts://broker.example:8884/plant?ca_certs=/etc/iotml/ca.crt&client_id=p")
+    assert private_ca.tls.ca_certs == "/etc/iotml/ca.crt" and private_ca.port == 8884
+    with pytest.raises(ValueError, match="mqtts://"):
+        MqttSettings.from_url("mqtt://broker.example/plant?ca_certs=/etc/iotml/ca.crt&client_id=p")
 
 
 @pytest.mark.parametrize("overrides, field", [

@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = ("127.0.0.1", 1883)
 DEVICES = 8
 TOTALS = re.compile(r"finished in .*: (\d+) predictions, (\d+) dead letters, (\d+) duplicates dropped")
+LIVE_LOG_LINE = re.compile(r"stream: \d+ predictions/s, \d+ dead letters, \d+ duplicates in [\d.]+ s; "
+                           r"latency ms p50/p95/p99 event->prediction \d+/\d+/\d+")
 
 
 def reachable(host: str, port: int) -> bool:
@@ -51,15 +53,18 @@ def free_port() -> int:
 
 
 class PrivateBroker:
-    """A Mosquitto of our own with persistence, so it can be stopped and restarted like a real outage."""
+    """A Mosquitto of our own with persistence, so it can be stopped and restarted like a real outage.
 
-    def __init__(self, folder: Path):
+    ``security`` replaces anonymous access (e.g. a TLS listener's cafile/certfile/keyfile and a password_file).
+    """
+
+    def __init__(self, folder: Path, security: str = "allow_anonymous true\n"):
         self.port = free_port()
         data = folder / "mosquitto"
         data.mkdir()
         self.config = folder / "mosquitto.conf"
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\n{security}persistence true\n"
             f"persistence_location {data}/\nmax_queued_messages 100000\nuser root\nlog_dest stderr\n")
         self.log = (folder / "mosquitto.log").open("ab")
         self.process: subprocess.Popen | None = None
@@ -97,7 +102,7 @@ def private_broker(tmp_path):
 class Stream:
     """One deployment under test: its topics, its SQLite sink, and `iotml stream` processes started on demand."""
 
-    def __init__(self, folder: Path, port: int, bundle_path: Path, devices: list[str]):
+    def __init__(self, folder: Path, port: int, bundle_path: Path, devices: list[str], **broker: object):
         self.tag = uuid.uuid4().hex[:8]
         self.prefix = f"iotml-it/{self.tag}"
         self.port = port
@@ -107,19 +112,25 @@ class Stream:
             "model.uri": str(bundle_path), "sinks.path": str(self.db), "source.mqtt.port": port,
             "source.mqtt.client_id": f"iotml-it-{self.tag}", "source.mqtt.topics": [f"{self.prefix}/+/telemetry"],
             "source.mqtt.reconnect_max_s": 2, "events.known_devices": devices,
-            "sinks.alerts.topic": f"{self.prefix}/alerts", "sinks.dead_letters.topic": f"{self.prefix}/dead-letters"}
-        self.settings = MqttSettings(port=port, topics=(self.prefix,), client_id=f"iotml-it-gen-{self.tag}")
+            "sinks.alerts.topic": f"{self.prefix}/alerts", "sinks.dead_letters.topic": f"{self.prefix}/dead-letters",
+            **{f"source.mqtt.{field}": value for field, value in broker.items()}}
+        self.settings = MqttSettings(port=port, topics=(self.prefix,), client_id=f"iotml-it-gen-{self.tag}", **broker)
         self.runs = 0
 
-    def start(self) -> tuple[subprocess.Popen, Path]:
-        """Start `iotml stream` and wait until its MQTT session is connected."""
+    def launch(self, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
+        """Start `iotml stream` (environment ``env``, default this one's); its log file."""
         self.runs += 1
         log = self.folder / f"stream-{self.runs}.log"
         command = [sys.executable, "-m", "inference_pipeline.cli", "stream", "--config", str(REPO / "configs" / "mqtt.yaml")]
         for field, value in self.overrides.items():
             command += ["--set", f"{field}={json.dumps(value)}"]
-        process = subprocess.Popen(command, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        wait_until(lambda: "connected" in log.read_text(errors="replace"), 120, process, log)
+        process = subprocess.Popen(command, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+        return process, log
+
+    def start(self, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
+        """Start `iotml stream` and wait until its MQTT session is connected."""
+        process, log = self.launch(env)
+        wait_until(lambda: " connected (session present" in log.read_text(errors="replace"), 120, process, log)
         return process, log
 
     def publish(self, rate: float, seconds: float, malformed_fraction: float = 0.0, seed: int = 7) -> PublishReport:
@@ -235,6 +246,7 @@ def test_broker_restart_mid_stream_loses_nothing_and_predicts_nothing_twice(priv
           f"({distinct} distinct), dead letters {totals['dead_letters']}, duplicates dropped {totals['duplicates']}")
     assert rows == distinct == published
     assert totals["dead_letters"] == 0
+    assert LIVE_LOG_LINE.search(log.read_text()), "no periodic throughput/latency line in the stream log"
 
 
 def kill_while_writing(process: subprocess.Popen, stream: Stream) -> int:
@@ -303,3 +315,97 @@ def test_malformed_payloads_go_to_the_dead_letter_topic_and_the_stream_keeps_its
     assert totals["dead_letters"] == malformed
     assert all(letter["detail"] and letter["payload"] for letter in topic.letters)
     assert rate > 0.8 * 2000
+
+
+def write_tls_files(folder: Path) -> dict[str, Path]:
+    """A private CA and a server certificate for 127.0.0.1, as PEM files (what a plant's PKI would hand out)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(subject: str, key, issuer: str, signer, extensions) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("iotml test CA", ca_key, "iotml test CA", ca_key, [x509.BasicConstraints(ca=True, path_length=0)])
+    server = certificate("127.0.0.1", server_key, "iotml test CA", ca_key, [
+        x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])])
+    files = {"ca": folder / "ca.crt", "cert": folder / "server.crt", "key": folder / "server.key"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+    return files
+
+
+@pytest.fixture
+def secure_broker(tmp_path):
+    """A private Mosquitto as the README sets one up: TLS listener with its own CA, no anonymous access, a password."""
+    for tool in ("mosquitto", "mosquitto_passwd"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    files = write_tls_files(tmp_path)
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "iotml", "plant-secret-42"], check=True)
+    broker = PrivateBroker(tmp_path, f"cafile {files['ca']}\ncertfile {files['cert']}\nkeyfile {files['key']}\n"
+                                     f"allow_anonymous false\npassword_file {passwords}\n")
+    broker.start()
+    yield broker, files["ca"]
+    broker.stop()
+
+
+def publish_with_cli(url: str, password: str, seconds: float) -> subprocess.CompletedProcess:
+    """`iotml simulate --publish URL` at 500 messages/s, the password from IOTML_MQTT_PASSWORD."""
+    command = [sys.executable, "-m", "inference_pipeline.cli", "simulate", "--publish", url, "--rate", "500",
+               "--devices", str(DEVICES), "--duration", str(seconds)]
+    return subprocess.run(command, cwd=REPO, env={**os.environ, "IOTML_MQTT_PASSWORD": password},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_tls_and_password_from_the_environment_carry_the_stream_and_bad_credentials_are_refused(
+        secure_broker, trained, tmp_path, fleet_devices):
+    broker, ca = secure_broker
+    password = "plant-secret-42"
+    stream = Stream(tmp_path, broker.port, trained.bundle.path, fleet_devices, username="iotml",
+                    tls={"ca_certs": str(ca)})
+    url = f"mqtts://iotml@127.0.0.1:{broker.port}/{stream.prefix}?ca_certs={ca}&connect_timeout_s=3"
+
+    refused = publish_with_cli(url, "not-the-password", 1)
+    assert refused.returncode == 2 and "refused the connection: Not authorized" in refused.stderr, refused.stderr
+    plain = publish_with_cli(url.replace("mqtts://", "mqtt://").split("?")[0] + "?connect_timeout_s=3", password, 1)
+    assert plain.returncode == 2 and "did not answer" in plain.stderr, plain.stderr
+
+    locked_out, locked_log = stream.launch({**os.environ, "IOTML_MQTT_PASSWORD": "not-the-password"})
+    try:
+        assert locked_out.wait(120) == 2, locked_log.read_text()[-3000:]
+    finally:
+        kill(locked_out)
+    assert "refused the connection: Not authorized" in locked_log.read_text(), locked_log.read_text()[-3000:]
+
+    process, log = stream.start({**os.environ, "IOTML_MQTT_PASSWORD": password})
+    try:
+        published = publish_with_cli(url, password, 2)
+        assert published.returncode == 0, published.stderr
+        count = json.loads(published.stdout.strip().splitlines()[-1])["published"]
+        wait_until(lambda: stream.predictions()[0] >= count, 90, process, log)
+        totals = drain(process, log)
+    finally:
+        kill(process)
+    rows, distinct = stream.predictions()
+    print(f"\nTLS + password: published {count} over mqtts, predictions {rows} ({distinct} distinct); wrong password: "
+          f"{refused.stderr.strip().splitlines()[-1]}")
+    assert rows == distinct == count == 1000
+    assert totals["predictions"] == count and totals["dead_letters"] == 0
+    assert all(password not in text for text in (log.read_text(), locked_log.read_text(), published.stderr))
