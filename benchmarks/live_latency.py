@@ -2,9 +2,10 @@
 
 Starts the pipeline as its own process, publishes a warm-up (excluded: model load, TF graph build), waits for it to
 drain, then publishes the measured run at ``--rate`` for ``--duration`` seconds, waits for the stream to drain and
-stops the pipeline with SIGINT (a clean drain). Latency is publish -> prediction available at the sink: each event's
-``ts`` is the wall clock when the generator published it, and the prediction's ``processing_time`` is stamped just
-before its SQLite row is written. Last output line is JSON:
+stops the pipeline with SIGINT (a clean drain: the benchmark exits 1 if the pipeline does not exit cleanly). It logs
+the pipeline's resident memory after warm-up, at the end and at its peak. Latency is publish -> prediction available
+at the sink: each event's ``ts`` is the wall clock when the generator published it, and the prediction's
+``processing_time`` is stamped just before its SQLite row is written. Last output line is JSON:
 {"rate", "duration_s", "published", "predictions", "dead_letters", "lost", "p50_ms", "p95_ms", "p99_ms", "sustained_eps"}
 
     python benchmarks/live_latency.py --rate 2000 --duration 60 [--broker mqtt://127.0.0.1:1883] [--model PATH]
@@ -19,6 +20,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -101,6 +103,32 @@ def wait_drained(db: Path, report: PublishReport, process: subprocess.Popen, sta
         time.sleep(1.0)
 
 
+class MemorySampler:
+    """The pipeline process's resident memory (Linux /proc), sampled every second in the background."""
+
+    def __init__(self, pid: int):
+        self._status = Path(f"/proc/{pid}/status")
+        self.samples_mb: list[float] = []
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def rss_mb(self) -> float | None:
+        try:
+            line = next(row for row in self._status.read_text().splitlines() if row.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            return None
+        return int(line.split()[1]) / 1024
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            value = self.rss_mb()
+            if value is not None:
+                self.samples_mb.append(value)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, required=True, help="messages per second")
@@ -134,9 +162,16 @@ def main() -> None:
         sensors = load_config(args.config).features.sensors
         warmup = publish_fleet(settings, prefix, args.rate, args.devices, args.warmup, sensors=sensors)
         wait_drained(db, warmup, pipeline, 60)
+        memory = MemorySampler(pipeline.pid)
+        warm_rss = memory.rss_mb()
         LOG.info("warm-up drained; measuring %.0f/s for %.0f s", args.rate, args.duration)
         report = publish_fleet(settings, prefix, args.rate, args.devices, args.duration, seed=8, sensors=sensors)
         rows, dead = wait_drained(db, report, pipeline, 60)
+        memory.stop()
+        if warm_rss is not None and memory.samples_mb:
+            LOG.info("pipeline memory (RSS): %.0f MB after warm-up, %.0f MB at the end, peak %.0f MB; by minute: %s",
+                     warm_rss, memory.samples_mb[-1], max(memory.samples_mb),
+                     " ".join(f"{value:.0f}" for value in memory.samples_mb[::60]))
     finally:
         if pipeline.poll() is None:
             pipeline.send_signal(signal.SIGINT)
@@ -144,6 +179,10 @@ def main() -> None:
                 pipeline.wait(120)
             except subprocess.TimeoutExpired:
                 pipeline.kill()
+                pipeline.wait()
+    drained = pipeline.returncode == 0 and "finished in" in log.read_text(errors="replace")
+    if not drained:
+        LOG.error("the pipeline did not drain and exit cleanly (exit code %s); see %s", pipeline.returncode, log)
     latency_ms = (rows[:, 1] - rows[:, 0]) * 1e3
     p50, p95, p99 = np.percentile(latency_ms, [50, 95, 99]) if len(rows) else (float("nan"),) * 3
     last = rows[:, 1].max() if len(rows) else report.finished
@@ -154,6 +193,8 @@ def main() -> None:
     LOG.info("publisher: %.0f/s achieved, at most %.3f s behind schedule; pipeline log %s", report.rate,
              report.max_lag_s, log)
     print(json.dumps(result))
+    if not drained:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
