@@ -150,7 +150,6 @@ def connect_in_background(client: mqtt.Client, settings: MqttSettings, *, clean_
     client.loop_start()
 
 
-
 def connect_and_wait(client: mqtt.Client, settings: MqttSettings) -> None:
     """Connect with a clean, non-persistent session (publishers) and wait for the broker to accept it.
 
@@ -177,6 +176,7 @@ def connect_and_wait(client: mqtt.Client, settings: MqttSettings) -> None:
         raise ConnectionError(f"{where} refused the connection: {refusals[-1]}")
     raise ConnectionError(f"{where} did not answer within {settings.connect_timeout_s:g} s "
                           "(down, wrong port, or the TLS handshake failed)")
+
 
 @dataclasses.dataclass(frozen=True)
 class ReadLimits:
