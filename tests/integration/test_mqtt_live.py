@@ -152,6 +152,14 @@ class Stream:
             except sqlite3.OperationalError:
                 return 0, 0
 
+    def drain_when_predicted(self, process: subprocess.Popen, log: Path, count: int, settle_s: float = 0.0
+                             ) -> dict[str, int]:
+        """Wait until ``count`` distinct events are predicted (then ``settle_s`` more, for late copies to show),
+        then drain; the logged totals."""
+        wait_until(lambda: self.predictions()[1] >= count, 90, process, log)
+        time.sleep(settle_s)
+        return drain(process, log)
+
 
 class DeadLetterTopic:
     """A subscriber on the deployment's dead-letter topic (QoS 1, subscribed before anything is published)."""
@@ -207,8 +215,7 @@ def test_ten_thousand_published_events_are_all_predicted(shared_broker, trained,
     process, log = stream.start()
     try:
         report = stream.publish(rate=2000, seconds=5)
-        wait_until(lambda: stream.predictions()[0] >= report.published, 90, process, log)
-        totals = drain(process, log)
+        totals = stream.drain_when_predicted(process, log, report.published)
     finally:
         kill(process)
     rows, distinct = stream.predictions()
@@ -236,9 +243,7 @@ def test_broker_restart_mid_stream_loses_nothing_and_predicts_nothing_twice(priv
         wait_until(lambda: "epoch 2" in log.read_text(), 60, process, log)
         feeder.join(90)
         published = warm.published + reports[0].published
-        wait_until(lambda: stream.predictions()[1] >= published, 90, process, log)
-        time.sleep(1)
-        totals = drain(process, log)
+        totals = stream.drain_when_predicted(process, log, published, settle_s=1)
     finally:
         kill(process)
     rows, distinct = stream.predictions()
@@ -274,9 +279,7 @@ def test_killed_pipeline_resumes_after_restart_with_nothing_lost_or_predicted_tw
         reports.append(stream.publish(rate=1000, seconds=1, seed=8))
         published = sum(report.published for report in reports)
         second, second_log = stream.start()
-        wait_until(lambda: stream.predictions()[1] >= published, 90, second, second_log)
-        time.sleep(1)
-        totals = drain(second, second_log)
+        totals = stream.drain_when_predicted(second, second_log, published, settle_s=1)
     finally:
         kill(first)
         if second is not None:
@@ -399,8 +402,7 @@ def test_tls_and_password_from_the_environment_carry_the_stream_and_bad_credenti
         published = publish_with_cli(url, password, 2)
         assert published.returncode == 0, published.stderr
         count = json.loads(published.stdout.strip().splitlines()[-1])["published"]
-        wait_until(lambda: stream.predictions()[0] >= count, 90, process, log)
-        totals = drain(process, log)
+        totals = stream.drain_when_predicted(process, log, count)
     finally:
         kill(process)
     rows, distinct = stream.predictions()
