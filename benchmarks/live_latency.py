@@ -3,7 +3,7 @@
 Starts the pipeline as its own process, publishes a warm-up (excluded: model load, TF graph build), waits for it to
 drain, then publishes the measured run at ``--rate`` for ``--duration`` seconds, waits for the stream to drain and
 stops the pipeline with SIGINT (a clean drain: the benchmark exits 1 if the pipeline does not exit cleanly). It logs
-the pipeline's resident memory after warm-up, at the end and at its peak. Latency is publish -> prediction available
+the pipeline's resident memory after warm-up, minute by minute, at the end and at its peak. Latency is publish -> prediction available
 at the sink: each event's ``ts`` is the wall clock when the generator published it, and the prediction's
 ``processing_time`` is stamped just before its SQLite row is written. Last output line is JSON:
 {"rate", "duration_s", "published", "predictions", "dead_letters", "lost", "p50_ms", "p95_ms", "p99_ms", "sustained_eps"}
@@ -41,17 +41,11 @@ def ensure_model(work: Path, uri: str | None) -> str:
     bundles = sorted((work / "models").glob("*/*/model.json"))
     if bundles:
         return str(bundles[-1].parent)
-    from inference_pipeline.main_job import _model_name, simulate_datasets
-    from inference_pipeline.pipeline import pipeline_options
-    from model_handlers.mlflow_registry import resolve_bundle
-    from training.workflow import train_and_register
+    from inference_pipeline.main_job import train_simulated
 
     config = load_config(overrides={"work_dir": str(work), "simulation.devices": 12, "simulation.duration_s": 900,
                                     "simulation.train_duration_s": 1800, "training.epochs": 8})
-    data = simulate_datasets(config)
-    train_and_register(data.train, data.eval, config.features, config.training, work, config.tracking_uri,
-                       _model_name(config), pipeline_options(config), progress=False)
-    return str(resolve_bundle(config.model.uri, config.tracking_uri, work / "models").path)
+    return str(train_simulated(config, progress=False)[2].path)
 
 
 def start_pipeline(config: Path, overrides: dict[str, object], extra: list[str], log: Path) -> subprocess.Popen:

@@ -84,17 +84,24 @@ def summarise(data: SimulatedData, training: TrainingRun, bundle: ModelBundle, r
     }
 
 
+def train_simulated(config: Config, promote: bool = False, progress: bool = True
+                    ) -> tuple[SimulatedData, TrainingRun, ModelBundle]:
+    """Simulate the configured fleet, train and register a version on it, and resolve ``model.uri`` to a bundle."""
+    LOG.info("simulating %d devices", config.simulation.devices)
+    data = simulate_datasets(config)
+    LOG.info("training and registering")
+    training = train_and_register(data.train, data.eval, config.features, config.training, config.work_path,
+                                  config.tracking_uri, _model_name(config), pipeline_options(config), promote,
+                                  progress)
+    return data, training, resolve_bundle(config.model.uri, config.tracking_uri, config.work_path / "models")
+
+
 def run_main_job(config: Config, promote: bool = False) -> dict[str, Any]:
     """Everything end to end on embedded defaults; writes summary.json, report.png and report.html."""
     work = config.work_path
     work.mkdir(parents=True, exist_ok=True)
     config.sink_path.unlink(missing_ok=True)
-    LOG.info("simulating %d devices", config.simulation.devices)
-    data = simulate_datasets(config)
-    LOG.info("training and registering")
-    training = train_and_register(data.train, data.eval, config.features, config.training, work,
-                                  config.tracking_uri, _model_name(config), pipeline_options(config), promote)
-    bundle = resolve_bundle(config.model.uri, config.tracking_uri, work / "models")
+    data, training, bundle = train_simulated(config, promote)
     LOG.info("streaming %s with %s v%s", data.stream_events, bundle.name, bundle.version)
     replay = config.model_copy(update={"source": config.source.model_copy(update={"kind": "replay", "path": str(data.stream_events)})})
     seconds = run_pipeline(replay, bundle, event_rules(config, bundle, data.devices))

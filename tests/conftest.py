@@ -33,14 +33,7 @@ def small_config(work_dir: Path, **overrides):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Trained:
     """Simulate -> train -> register once; tests read (never modify) the result."""
-    from inference_pipeline.main_job import _model_name, simulate_datasets
-    from inference_pipeline.pipeline import pipeline_options
-    from model_handlers.mlflow_registry import resolve_bundle
-    from training.workflow import train_and_register
+    from inference_pipeline.main_job import train_simulated
 
     config = small_config(tmp_path_factory.mktemp("trained"))
-    data = simulate_datasets(config)
-    run = train_and_register(data.train, data.eval, config.features, config.training, config.work_path,
-                             config.tracking_uri, _model_name(config), pipeline_options(config), progress=False)
-    bundle = resolve_bundle(config.model.uri, config.tracking_uri, config.work_path / "models")
-    return Trained(config, data, run, bundle)
+    return Trained(config, *train_simulated(config, progress=False))
