@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from features.spec import FeatureSpec
-from model_handlers.bundle import ModelBundle, write_bundle
+from model_handlers.model_version import ModelBundle, write_bundle
 from model_handlers.torch_model import LoadedModel, resolve_device
 from training.train import fit_autoencoder
 

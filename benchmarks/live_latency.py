@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from inference_pipeline.config import load_config
-from inference_pipeline.loadgen import PublishReport, publish_fleet, publisher_settings
+from inference_pipeline.jobs.loadgen import PublishReport, publish_fleet, publisher_settings
 
 REPO = Path(__file__).resolve().parents[1]
 LOG = logging.getLogger("live_latency")
@@ -41,7 +41,7 @@ def ensure_model(work: Path, uri: str | None) -> str:
     bundles = sorted((work / "models").glob("*/*/model.json"))
     if bundles:
         return str(bundles[-1].parent)
-    from inference_pipeline.main_job import train_simulated
+    from inference_pipeline.jobs.main_job import train_simulated
 
     config = load_config(overrides={"work_dir": str(work), "simulation.devices": 12, "simulation.duration_s": 900,
                                     "simulation.train_duration_s": 1800, "training.epochs": 8})

@@ -26,9 +26,9 @@ from features.scaling import ScaleFeatures
 from features.schema import EventBatch, EventRules, FeatureBatch, RawEvent, parse_events
 from features.window import window_features, window_fill
 from inference_pipeline.config import load_config
-from inference_pipeline.pipeline import LOCAL_RUNNER, ScoreEvents
-from inference_pipeline.sources.replay import ReadReplay, read_payloads
-from model_handlers.bundle import ModelBundle
+from inference_pipeline.builder import LOCAL_RUNNER, ScoreEvents
+from inference_pipeline.connectors.replay import ReadReplay, read_payloads
+from model_handlers.model_version import ModelBundle
 from model_handlers.networks import error_to_score
 from model_handlers.torch_model import LoadedModel
 from training.simulate import iter_payloads, simulate_fleet
@@ -38,8 +38,8 @@ DEVICES = 50
 
 def train_bundle(work: Path) -> ModelBundle:
     """A small model trained and registered the normal way (the benchmark needs a real bundle)."""
-    from inference_pipeline.main_job import simulate_datasets
-    from inference_pipeline.pipeline import pipeline_options
+    from inference_pipeline.jobs.main_job import simulate_datasets
+    from inference_pipeline.builder import pipeline_options
     from training.workflow import train_and_register
 
     config = load_config(overrides={"work_dir": str(work), "simulation.devices": DEVICES,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from inference_pipeline.backfill import score_path
+from inference_pipeline.jobs.backfill import score_path
 
 TRAIN_ROWS = 400
 

@@ -1,7 +1,12 @@
 """MLTransform over feature batches: fitted once in training (write mode), applied in streaming (read mode).
 
 Each element is one device batch: a column per feature holding that batch's values, plus the batch itself passed
-through untouched, so the TFT graph runs once per batch rather than once per event.
+through untouched, so the TFT graph runs once per batch rather than once per event. A scaled batch records which
+artifacts scaled it (``FeatureBatch.scaled_by``), so a model can refuse features scaled for another version.
+
+The TFT context this step needs (its batch size) is entered inside the step, so the graph runs the same wherever it
+is built: by default TFT tunes its batch size from one, which splits a live bundle's few device batches over several
+calls of ~100 ms fixed cost each.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from features.schema import FeatureBatch
 from features.spec import FeatureSpec, scaling_transform
 
 _DEVICE, _BATCH = "__device_id", "__batch"
+SCALING_BATCH = 1000
 
 
 def _to_columns(element: tuple[str, FeatureBatch], names: list[str]) -> dict:
@@ -27,18 +33,21 @@ def _to_columns(element: tuple[str, FeatureBatch], names: list[str]) -> dict:
     return columns
 
 
-def _from_row(row, names: list[str]) -> tuple[str, FeatureBatch]:
+def _from_row(row, names: list[str], scaled_by: str | None) -> tuple[str, FeatureBatch]:
     scaled = np.stack([np.asarray(getattr(row, name), dtype=np.float32) for name in names], axis=1)
-    return getattr(row, _DEVICE), dataclasses.replace(getattr(row, _BATCH), features=scaled)
+    return getattr(row, _DEVICE), dataclasses.replace(getattr(row, _BATCH), features=scaled, scaled_by=scaled_by)
 
 
 @beam.ptransform_fn
-def ScaleFeatures(batches: beam.PCollection, spec: FeatureSpec, artifact_dir: str | Path, fit: bool = False):
-    """(device_id, FeatureBatch) -> (device_id, FeatureBatch with z-scored features).
+def ScaleFeatures(batches: beam.PCollection, spec: FeatureSpec, artifact_dir: str | Path, fit: bool = False,
+                  artifact_id: str | None = None):
+    """(device_id, FeatureBatch) -> (device_id, FeatureBatch with z-scored features, ``scaled_by=artifact_id``).
 
     ``fit=True`` analyses the (bounded) input and writes the artifacts to ``artifact_dir``, which must not exist yet;
     otherwise the artifacts are read from there.
     """
+    import tensorflow_transform.beam as tft_beam
+
     names = spec.feature_names
     location = str(artifact_dir)
     transform = (
@@ -46,9 +55,7 @@ def ScaleFeatures(batches: beam.PCollection, spec: FeatureSpec, artifact_dir: st
         if fit
         else MLTransform(read_artifact_location=location)
     )
-    return (
-        batches
-        | "ToColumns" >> beam.Map(_to_columns, names)
-        | "MLTransform" >> transform
-        | "FromColumns" >> beam.Map(_from_row, names)
-    )
+    columns = batches | "ToColumns" >> beam.Map(_to_columns, names)
+    with tft_beam.Context(desired_batch_size=SCALING_BATCH):
+        scaled = columns | "MLTransform" >> transform
+    return scaled | "FromColumns" >> beam.Map(_from_row, names, artifact_id)

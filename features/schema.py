@@ -72,6 +72,7 @@ class FeatureBatch:
     events: EventBatch
     features: np.ndarray  # (n, n_features) float32
     filled: np.ndarray  # (n,) readings in each row's window; below the window size the device is warming up
+    scaled_by: str | None = None  # the fingerprint of the MLTransform artifacts that scaled ``features``
 
     def __len__(self) -> int:
         return len(self.events)

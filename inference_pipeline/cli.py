@@ -28,21 +28,18 @@ def _config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Co
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from training.simulate import simulate_fleet, write_frame
+    from inference_pipeline.jobs.main_job import simulate_to_file
 
     config = _config(args, {"simulation.devices": args.devices, "simulation.duration_s": args.duration,
                             "simulation.seed": args.seed, "simulation.fault_rate": args.fault_rate})
-    sim = config.simulation
     if args.publish:
         return _publish(args, config)
-    frame = simulate_fleet(sim.devices, sim.duration_s, sim.interval_s, sim.seed, fault_rate=sim.fault_rate)
-    path = write_frame(frame, args.output)
-    print(f"wrote {len(frame)} events of {sim.devices} devices ({int(frame['label'].sum())} faulty rows) to {path}")
+    print(simulate_to_file(config.simulation, Path(args.output)))
     return 0
 
 
 def _publish(args: argparse.Namespace, config: Config) -> int:
-    from inference_pipeline.loadgen import publish_fleet, publisher_settings
+    from inference_pipeline.jobs.loadgen import publish_fleet, publisher_settings
 
     if not args.rate:
         raise ConfigError("--publish needs --rate (messages per second)")
@@ -56,20 +53,14 @@ def _publish(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from inference_pipeline.main_job import _model_name, simulate_datasets
-    from inference_pipeline.pipeline import pipeline_options
-    from training.workflow import train_and_register
+    from inference_pipeline.jobs.main_job import train_from_tables
 
     config = _config(args)
-    if args.train_data and args.eval_data:
-        train, evaluation = Path(args.train_data), Path(args.eval_data)
-    elif args.train_data or args.eval_data:
+    if bool(args.train_data) != bool(args.eval_data):
         raise ConfigError("give both --train-data and --eval-data, or neither (then the fleet is simulated)")
-    else:
-        data = simulate_datasets(config)
-        train, evaluation = data.train, data.eval
-    run = train_and_register(train, evaluation, config.features, config.training, config.work_path,
-                             config.tracking_uri, _model_name(config), pipeline_options(config), args.promote)
+    run = train_from_tables(config, Path(args.train_data) if args.train_data else None,
+                            Path(args.eval_data) if args.eval_data else None,
+                            args.promote)
     registration = run.registration
     print(f"registered {registration.name} v{registration.version} (run {registration.run_id}); "
           f"champion: v{registration.champion_version} - {registration.reason}")
@@ -78,14 +69,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from inference_pipeline.live import run_stream
+    from inference_pipeline.runtime.run import run_stream
 
     config = _config(args, {"source.path": args.source})
     return run_stream(config)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from inference_pipeline.backfill import score_path
+    from inference_pipeline.jobs.backfill import score_path
 
     columns = [c.strip() for c in args.value_columns.split(",")] if args.value_columns else None
     written = score_path(Path(args.input), Path(args.output), args.timestamp_column, columns, args.warmup_rows)
@@ -94,8 +85,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from inference_pipeline.main_job import run_main_job
-    from inference_pipeline.report import format_summary
+    from inference_pipeline.jobs.main_job import run_main_job
+    from inference_pipeline.evaluation.report import format_summary
 
     config = _config(args, {"simulation.devices": args.devices, "simulation.duration_s": args.duration})
     summary = run_main_job(config, promote=args.promote)

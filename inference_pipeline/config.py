@@ -1,184 +1,82 @@
-"""The deployment config: one YAML file, validated once at start; CLI flags override fields by dotted path."""
+"""The deployment config: one YAML file, validated once at start; CLI flags override fields by dotted path.
+
+Each section is owned by the package that uses it (the simulator's and training's in ``training.settings``, the
+feature spec in ``features``, each step's beside the step). ``model``, ``source`` and each entry of ``sinks`` are
+discriminated unions over the kinds registered in ``model_handlers.kinds.HANDLERS`` (by ``model.handler``) and
+``inference_pipeline.connectors.SOURCES`` / ``SINKS`` (by ``kind``): the config accepts exactly the kinds registered
+when it is loaded, and each kind validates its own settings.
+"""
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from features.spec import FeatureSpec
-from inference_pipeline.sources.mqtt_client import MqttSettings, ReadLimits
+from inference_pipeline.connectors import SINKS, SOURCES
+from inference_pipeline.connectors.base import ConnectorSettings, SinkContext, SinkSettings
+from inference_pipeline.connectors.replay import ReplaySettings
+from inference_pipeline.connectors.sqlite import SqliteSettings
+from inference_pipeline.steps.alerts import AlertSettings
+from inference_pipeline.steps.dedup import DedupSettings
+from inference_pipeline.steps.parse import EventSettings
+from model_handlers.kinds import HANDLERS
+from model_handlers.settings import ModelSettings
+from model_handlers.torch_handler import TorchSettings
+from training.settings import SimulationSettings, TrainingSettings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
 SIMULATOR_SENSORS = (
     "flow_rate", "pressure", "motor_current", "vibration_rms", "bearing_temp", "motor_temp", "voltage", "rpm",
 )
+DEFAULT_KINDS = {"model": ("handler", "torch"), "source": ("kind", "replay")}
 
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the offending field."""
 
 
-class Strict(BaseModel):
+class Config(BaseModel):
+    """One deployment. Build it with ``load_config``: ``model``, ``source`` and ``sinks`` take the registered kinds."""
+
     model_config = ConfigDict(extra="forbid")
 
-
-class SimulationConfig(Strict):
-    """The built-in fleet simulator: training data is fault-free, the replay stream has injected faults."""
-
-    devices: int = Field(12, ge=1, le=10_000)
-    duration_s: float = Field(3600.0, gt=0)
-    train_duration_s: float = Field(7200.0, gt=0)
-    interval_s: float = Field(1.0, gt=0)
-    fault_rate: float = Field(1.0, ge=0)
-    malformed_fraction: float = Field(0.002, ge=0, lt=0.5)
-    seed: int = 7
-
-
-class TrainingConfig(Strict):
-    """Autoencoder training and threshold calibration."""
-
-    hidden: tuple[int, ...] = (32, 8)
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(256, ge=8)
-    learning_rate: float = Field(1e-3, gt=0)
-    holdout_fraction: float = Field(0.2, gt=0, lt=1)
-    threshold_quantile: float = Field(0.999, gt=0.5, lt=1)
-    threshold_margin: float = Field(1.5, ge=1.0)
-    seed: int = 0
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    experiment: str = "iot-anomaly"
-
-
-class ModelConfig(Strict):
-    """Which model scores the stream: a registry reference and where inference runs."""
-
-    uri: str = "models:/iot-anomaly@champion"
-    tracking_uri: str | None = None
-    handler: Literal["torch"] = "torch"
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    min_batch_size: int = Field(1, ge=1)
-    max_batch_size: int = Field(8, ge=1)
-
-    @field_validator("uri")
-    @classmethod
-    def _registry_uri(cls, uri: str) -> str:
-        if uri.startswith("models:/"):
-            ref = uri[len("models:/"):]
-            if "@" in ref and all(ref.split("@", 1)) or "/" in ref and all(ref.split("/", 1)):
-                return uri
-            raise ValueError("expected models:/<name>@<alias> or models:/<name>/<version>")
-        if not Path(uri).expanduser().is_dir():
-            raise ValueError(f"not a registry URI (models:/<name>@<alias>) nor a model bundle folder: {uri}")
-        return uri
-
-
-class SourceConfig(Strict):
-    """Where events come from. ``replay``: a CSV/Parquet/JSON-lines file replayed as events; ``mqtt``: a broker
-    subscription (``mqtt``: connection, topics, QoS 1 persistent session; ``read``: batching, watermark and stop
-    settings); ``pubsub``: a Pub/Sub subscription (``projects/<project>/subscriptions/<name>``)."""
-
-    kind: Literal["replay", "mqtt", "pubsub"] = "replay"
-    path: str | None = None
-    device_column: str = "device_id"
-    timestamp_column: str = "ts"
-    event_id_column: str | None = "event_id"
-    batch_size: int = Field(2000, ge=1)
-    rate: float | None = Field(None, gt=0)
-    mqtt: MqttSettings | None = None
-    read: ReadLimits = ReadLimits()
-    subscription: str | None = None
-
-    @model_validator(mode="after")
-    def _kind_fields(self) -> "SourceConfig":
-        if self.kind == "mqtt" and not self.mqtt:
-            raise ValueError("source.mqtt settings are required with kind 'mqtt'")
-        if self.kind == "mqtt" and not self.mqtt.topics:
-            raise ValueError("source.mqtt.topics: give at least one topic filter")
-        if self.kind == "pubsub" and not self.subscription:
-            raise ValueError("source.subscription is required with kind 'pubsub'")
-        return self
-
-
-class EventsConfig(Strict):
-    """Validation limits applied before features; rejected events go to the dead-letter sink."""
-
-    known_devices: list[str] | None = None
-    known_devices_file: str | None = None
-    max_future_s: float = Field(300.0, gt=0)
-    max_payload_bytes: int = Field(65536, ge=64)
-
-
-class AlertingConfig(Strict):
-    """Debounce: an incident opens after ``open_after`` anomalous predictions in a row, closes after ``close_after`` normal ones."""
-
-    threshold: float | None = Field(None, gt=0, lt=1)
-    open_after: int = Field(3, ge=1)
-    close_after: int = Field(30, ge=1)
-
-
-class TopicSinkConfig(Strict):
-    """Also publish a result stream as JSON messages to a topic: MQTT (``mqtt``: broker settings, default the MQTT
-    source's) or Pub/Sub (``topic``: ``projects/<project>/topics/<name>``)."""
-
-    kind: Literal["mqtt", "pubsub"]
-    topic: str = Field(min_length=1)
-    mqtt: MqttSettings | None = None
-    qos: int = Field(1, ge=0, le=1)
-
-
-class SinkConfig(Strict):
-    """Where results go. ``sqlite``: one embedded database with predictions, alerts and dead_letters tables, always
-    written; ``alerts``, ``dead_letters`` and ``predictions`` may in addition go to message topics."""
-
-    kind: Literal["sqlite"] = "sqlite"
-    path: str | None = None
-    alerts: TopicSinkConfig | None = None
-    dead_letters: TopicSinkConfig | None = None
-    predictions: TopicSinkConfig | None = None
-
-
-class DedupConfig(Strict):
-    """Redelivered events are dropped by event id: per device, ids within ``horizon_s`` of its newest event time,
-    at most ``max_ids_per_device``. ``restore_from_sink``: an MQTT stream restarted after a crash first reads the
-    ids already predicted from the SQLite sink, so a redelivered event never gets a second prediction."""
-
-    horizon_s: float = Field(300.0, gt=0)
-    max_ids_per_device: int = Field(2000, ge=1)
-    restore_from_sink: bool = True
-
-
-class Config(Strict):
-    """One deployment."""
-
     work_dir: str = "work"
-    simulation: SimulationConfig = SimulationConfig()
+    simulation: SimulationSettings = SimulationSettings()
     features: FeatureSpec = FeatureSpec(sensors=SIMULATOR_SENSORS)
-    training: TrainingConfig = TrainingConfig()
-    model: ModelConfig = ModelConfig()
-    source: SourceConfig = SourceConfig()
-    events: EventsConfig = EventsConfig()
-    alerting: AlertingConfig = AlertingConfig()
-    sinks: SinkConfig = SinkConfig()
-    dedup: DedupConfig = DedupConfig()
+    training: TrainingSettings = TrainingSettings()
+    model: ModelSettings = TorchSettings()
+    source: ConnectorSettings = ReplaySettings()
+    events: EventSettings = EventSettings()
+    alerting: AlertSettings = AlertSettings()
+    sinks: dict[str, SinkSettings] = Field(default_factory=lambda: {"results": SqliteSettings()})
+    dedup: DedupSettings = DedupSettings()
     pipeline_options: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _one_payload_limit_and_sink_brokers(self) -> "Config":
-        mqtt = self.source.mqtt
-        if mqtt is not None and "max_payload_bytes" in mqtt.model_fields_set and \
-                mqtt.max_payload_bytes != self.events.max_payload_bytes:
-            raise ValueError("source.mqtt.max_payload_bytes: set the payload limit once, as events.max_payload_bytes")
-        for name in ("alerts", "dead_letters", "predictions"):
-            sink = getattr(self.sinks, name)
-            if sink is not None and sink.kind == "mqtt" and sink.mqtt is None and self.source.mqtt is None:
-                raise ValueError(f"sinks.{name}.mqtt: broker settings are required (there is no MQTT source to share)")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kinds(cls, data: Any) -> Any:
+        """A ``model`` section without ``handler`` is torch; a ``source`` without ``kind`` is a replay."""
+        if isinstance(data, Mapping):
+            data = dict(data)
+            for section, (discriminator, default) in DEFAULT_KINDS.items():
+                if isinstance(data.get(section), Mapping) and discriminator not in data[section]:
+                    data[section] = {discriminator: default, **data[section]}
+        return data
 
-    def broker(self, sink: TopicSinkConfig) -> MqttSettings | None:
-        """The MQTT settings a topic sink publishes with: its own, else the MQTT source's."""
-        return sink.mqtt or self.source.mqtt
+    @model_validator(mode="after")
+    def _sinks_can_be_built(self) -> "Config":
+        """Sinks that default from the deployment (an MQTT sink sharing the source's broker) fail here, at load."""
+        for name, settings in self.sinks.items():
+            try:
+                SINKS[type(settings)](settings, SinkContext(self.work_path, self.source))
+            except ValueError as exc:
+                raise ValueError(f"sinks.{name}: {exc}") from None
+        return self
 
     @property
     def work_path(self) -> Path:
@@ -188,9 +86,26 @@ class Config(Strict):
     def tracking_uri(self) -> str:
         return self.model.tracking_uri or f"sqlite:///{(self.work_path / 'mlflow.db').resolve()}"
 
-    @property
-    def sink_path(self) -> Path:
-        return Path(self.sinks.path).expanduser() if self.sinks.path else self.work_path / "results.db"
+
+def _kind_union(classes: tuple[type, ...], discriminator: str) -> Any:
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[classes], Field(discriminator=discriminator)]
+
+
+@functools.cache
+def _config_model(handlers: tuple[type, ...], sources: tuple[type, ...], sinks: tuple[type, ...]) -> type[Config]:
+    return create_model(
+        "Config", __base__=Config, __module__=__name__,
+        model=(_kind_union(handlers, "handler"), TorchSettings()),
+        source=(_kind_union(sources, "kind"), ReplaySettings()),
+        sinks=(dict[str, _kind_union(sinks, "kind")], Field(default_factory=lambda: {"results": SqliteSettings()})),
+    )
+
+
+def config_model() -> type[Config]:
+    """The Config model over the kinds registered now."""
+    return _config_model(tuple(HANDLERS), tuple(SOURCES), tuple(SINKS))
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -203,12 +118,34 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _describe(error: ValidationError) -> str:
+def _field(loc: tuple, data: Any) -> str:
+    """The dotted field of an error location, without the kind tags pydantic inserts into union locations."""
+    parts, node = [], data
+    for part in loc:
+        tag = node.get("kind", node.get("handler")) if isinstance(node, Mapping) else None
+        if tag is not None and part == tag and part not in node:
+            continue
+        parts.append(str(part))
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return ".".join(parts) or "<root>"
+
+
+def _describe(error: ValidationError, data: Any) -> str:
     lines = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "<root>"
+        field = _field(item["loc"], data)
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            field += f".{item['ctx']['discriminator'].strip(chr(39))}"
         lines.append(f"  {field}: {item['msg']}")
     return "invalid config:\n" + "\n".join(lines)
+
+
+def validate_config(data: Mapping[str, Any]) -> Config:
+    """A config from a mapping (as read from YAML); raises ConfigError naming each bad field."""
+    try:
+        return config_model().model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, data)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -224,10 +161,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+    return validate_config(data)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,11 +1,17 @@
-"""A bundle's network on its device (CPU or CUDA), free of Beam: what the handler and training share."""
+"""A version's torch network on its device (CPU or CUDA), free of Beam: what the handler, the pyfunc model and
+training share."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
-from model_handlers.bundle import ModelBundle
-from model_handlers.networks import reconstruction_error
+from model_handlers.contract import ModelId, ModelOutput, sensor_shares
+from model_handlers.model_version import WEIGHTS, ModelVersion
+from model_handlers.networks import ARCHITECTURES, error_to_score
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -31,20 +37,49 @@ def padded_rows(rows: int) -> int:
     return -(-rows // 1024) * 1024
 
 
+def save_network(network: torch.nn.Module, path: Path) -> None:
+    """The network's weights as safetensors (a state_dict; never a pickled object)."""
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(path / WEIGHTS))
+
+
+def load_network(version: ModelVersion, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The version's network, built from its ``architecture`` and loaded with its weights."""
+    architecture: dict[str, Any] = version.architecture
+    kind = architecture.pop("kind")
+    if kind not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {kind!r} in {version.path}; known: {sorted(ARCHITECTURES)}")
+    network = ARCHITECTURES[kind](**architecture)
+    network.load_state_dict(load_file(str(version.path / WEIGHTS)))
+    return network.to(device).eval()
+
+
 class LoadedModel:
-    """A network on its device with the bundle it came from."""
+    """A version's autoencoder on its device: scaled feature rows in, the model output contract out."""
 
-    def __init__(self, bundle: ModelBundle, device: torch.device):
-        self.bundle = bundle
+    def __init__(self, version: ModelVersion, device: torch.device):
+        self.version = version
         self.device = device
-        self.network = bundle.load_network(device)
-        self.model_id = f"{bundle.name}/{bundle.version}"
+        self.network = load_network(version, device)
+        self.model_id = ModelId(version.name, version.version, version.transform_id)
+        spec = version.feature_spec
+        self._sensors, self._stats = spec.sensors, spec.stats
 
-    def errors(self, features: np.ndarray) -> np.ndarray:
-        """Reconstruction error per row of ``features`` (run padded to ``padded_rows``)."""
+    def squared_errors(self, features: np.ndarray) -> np.ndarray:
+        """Per-feature squared reconstruction error of each row (the forward pass runs padded to ``padded_rows``)."""
         rows = len(features)
         padded = np.zeros((padded_rows(rows), features.shape[1]), dtype=np.float32)
         padded[:rows] = features
         with torch.inference_mode():
             x = torch.from_numpy(padded).to(self.device)
-            return reconstruction_error(self.network, x)[:rows].cpu().numpy()
+            return ((self.network(x) - x) ** 2)[:rows].cpu().numpy()
+
+    def score(self, features: np.ndarray) -> ModelOutput:
+        """Raw score = mean squared reconstruction error; contributions = each sensor's share of it."""
+        squared = self.squared_errors(features)
+        errors = squared.mean(axis=1)
+        return ModelOutput(
+            raw_score=errors.astype(np.float64), anomaly_score=error_to_score(errors.astype(np.float64),
+                                                                              self.version.threshold),
+            model=self.model_id, sensor_names=self._sensors,
+            sensor_contributions=sensor_shares(squared, self._sensors, self._stats))

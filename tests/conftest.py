@@ -33,7 +33,7 @@ def small_config(work_dir: Path, **overrides):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Trained:
     """Simulate -> train -> register once; tests read (never modify) the result."""
-    from inference_pipeline.main_job import train_simulated
+    from inference_pipeline.jobs.main_job import train_simulated
 
     config = small_config(tmp_path_factory.mktemp("trained"))
     return Trained(config, *train_simulated(config, progress=False))

@@ -10,9 +10,10 @@ import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from features.spec import FeatureSpec
-from model_handlers.bundle import TRANSFORM, write_bundle
+from model_handlers.model_version import TRANSFORM, write_model_version
+from model_handlers.torch_model import save_network
 from training.feature_pipeline import run_feature_pipeline
-from training.registry import Registration, register_run
+from training.register import Registration, register_run
 from training.simulate import read_frame
 from training.train import detection_metrics, errors_of, fit_autoencoder, split_holdout
 
@@ -70,10 +71,12 @@ def train_and_register(train_table: Path, eval_table: Path, spec: FeatureSpec, t
     metrics = {f"eval_{key}": value for key, value in detection_metrics(errors, labels, fit.threshold).items()}
     metrics.update(final_train_loss=fit.train_loss[-1], threshold=fit.threshold, train_rows=float(len(train)),
                    holdout_rows=float(len(holdout)), eval_rows=float(len(errors)))
-    bundle = write_bundle(bundle_dir, fit.network, training.hidden, spec, fit.threshold, metrics, model_name)
+    save_network(fit.network, bundle_dir)
+    architecture = {"kind": "autoencoder", "input_dim": len(spec.feature_names), "hidden": list(training.hidden)}
+    version = write_model_version(bundle_dir, spec, architecture, fit.threshold, metrics, model_name)
     params = {**training.model_dump(), "sensors": ",".join(spec.sensors), "window": spec.window,
               "stats": ",".join(spec.stats), "train_table": str(train_table), "eval_table": str(eval_table)}
-    registration = register_run(tracking_uri, training.experiment, work_dir / "mlartifacts", model_name, bundle.path,
+    registration = register_run(tracking_uri, training.experiment, work_dir / "mlartifacts", model_name, version.path,
                                 params, metrics, _plots(scratch, fit.train_loss, fit.holdout_errors, errors, labels,
                                                         fit.threshold), EVAL_METRIC, promote)
-    return TrainingRun(bundle.path, metrics, registration)
+    return TrainingRun(version.path, metrics, registration)

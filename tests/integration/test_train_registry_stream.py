@@ -1,10 +1,10 @@
 """Train -> MLflow registry -> resolve champion -> stream, against the embedded MLflow store."""
 from mlflow import MlflowClient
 
-from inference_pipeline.main_job import _model_name
-from inference_pipeline.pipeline import pipeline_options
-from model_handlers.mlflow_registry import resolve_bundle
-from training.registry import CHAMPION, register_run
+from inference_pipeline.jobs.main_job import _model_name
+from inference_pipeline.builder import pipeline_options
+from model_handlers.resolve import resolve_bundle
+from training.register import CHAMPION, register_run
 from training.workflow import EVAL_METRIC, train_and_register
 
 

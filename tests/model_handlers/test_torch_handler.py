@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from features.schema import EventBatch, FeatureBatch
-from model_handlers.bundle import ModelBundle
+from model_handlers.model_version import ModelBundle
 from model_handlers.networks import error_to_score, reconstruction_error
-from model_handlers.torch_local import TorchAnomalyHandler
+from model_handlers.torch_handler import TorchAnomalyHandler
 from model_handlers.torch_model import padded_rows, resolve_device
 
 

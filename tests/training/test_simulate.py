@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from features.schema import EventRules, RawEvent, event_payload, parse_events
-from inference_pipeline.accuracy import fault_intervals_from_truth
+from inference_pipeline.evaluation.accuracy import fault_intervals_from_truth
 from training.simulate import (
     FAULT_TYPES,
     SENSORS,

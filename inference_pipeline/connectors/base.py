@@ -1,0 +1,69 @@
+"""What a connector kind provides: a source reads raw payload batches, a sink writes result streams.
+
+A connector kind is a settings class (a pydantic model whose ``kind: Literal["<kind>"]`` field names it in the
+config) and a factory, registered in ``connectors.SOURCES`` or ``connectors.SINKS``:
+
+- source factory ``(settings, rules) -> Source``: ``read`` produces ``list[RawEvent]`` batches; ``live`` sources
+  run with streaming options and may redeliver after a restart; ``stop(True)`` (if any) asks the stream to drain
+  gracefully, ``stop(False)`` lets a new stream run again.
+- sink factory ``(settings, context) -> Sink``: ``write(table)`` consumes one result stream (``results.TABLES``),
+  for each stream named in the settings' ``results``. A sink that can tell which events it already holds
+  predictions for offers ``predicted_ids`` (dedup after a restart reads it).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from pydantic import BaseModel, ConfigDict
+
+from features.schema import EventRules
+from inference_pipeline.results import Restore, ResultStream, Table
+
+class ConnectorSettings(BaseModel):
+    """Base of every source and sink kind's settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+
+
+class SinkSettings(ConnectorSettings):
+    """``results``: the result streams this sink writes."""
+
+    results: tuple[ResultStream, ...] = ("predictions", "alerts", "dead_letters")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A configured source."""
+
+    read: beam.PTransform
+    live: bool = False
+    stop: Callable[[bool], None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkContext:
+    """What a sink may default from the deployment: the work folder and the source's settings."""
+
+    work_path: Path
+    source: Any
+
+
+class Sink:
+    """A configured sink; subclasses implement ``write``."""
+
+    def write(self, table: Table) -> beam.PTransform:
+        raise NotImplementedError
+
+    def predicted_ids(self, max_ids: int) -> Restore | None:
+        """Ids this sink already holds predictions for, per device (None: it cannot tell)."""
+        return None
+
+
+SourceFactory = Callable[[Any, EventRules], Source]
+SinkFactory = Callable[[Any, SinkContext], Sink]

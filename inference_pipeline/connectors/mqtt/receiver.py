@@ -1,0 +1,144 @@
+"""The MQTT connection of a source session, run in a child process.
+
+paho parses each MQTT v5 message in Python (~150 us of interpreter time): in the pipeline's process that competed for
+the interpreter lock with the pipeline itself. The child owns the paho client (connect, subscribe, reconnect with
+backoff) and forwards deliveries in batches; the parent sends back what to acknowledge.
+
+Pipes carry length-prefixed pickles. Parent -> child (stdin): the MqttSettings, then lists of (epoch, packet id)
+to PUBACK, then None to disconnect. Child -> parent (stdout): lists of (payload, received_at, packet id, qos, epoch).
+``epoch`` counts the child's CONNACKs: after a reconnect the broker resends every unacknowledged message, so an ack
+of an older epoch is dropped (the resent copy gets acknowledged instead). The child exits when its stdin closes,
+so it never outlives the pipeline process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Any
+
+import paho.mqtt.client as mqtt
+
+from inference_pipeline.connectors.mqtt.client import connect_in_background, create_client
+from inference_pipeline.connectors.mqtt.settings import MqttSettings
+
+LOG = logging.getLogger(__name__)
+FORWARD_EVERY_S = 0.002
+_LENGTH = struct.Struct("<I")
+
+# (payload, received_at, packet id, qos, epoch)
+Delivery = tuple[bytes, float, int, int, int]
+
+
+def write_frame(stream: IO[bytes], value: Any) -> None:
+    data = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def read_frame(stream: IO[bytes]) -> Any:
+    """The next value; EOFError when the other side is gone."""
+    head = stream.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        raise EOFError
+    size = _LENGTH.unpack(head)[0]
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)
+
+
+def start_receiver(settings: MqttSettings) -> subprocess.Popen:
+    """Start the child process for ``settings`` (sent over its stdin, so secrets never appear in its arguments)."""
+    child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    write_frame(child.stdin, settings)
+    return child
+
+
+class _Receiver:
+    """The child's side: paho's network thread queues deliveries, a forwarder thread sends them in batches."""
+
+    def __init__(self, settings: MqttSettings, out: IO[bytes]):
+        self._settings = settings
+        self._out = out
+        self._cond = threading.Condition()
+        self._pending: list[Delivery] = []
+        self._epoch = 0
+        self._client = create_client(
+            settings, client_id=settings.client_id, clean_start=settings.clean_start, manual_ack=True)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.on_disconnect = self._on_disconnect
+        threading.Thread(target=self._forward, name="mqtt-forward", daemon=True).start()
+        connect_in_background(self._client, settings, clean_start=settings.clean_start, persistent=True)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            LOG.warning("MQTT connect refused for %s: %s", self._settings.client_id, reason_code)
+            return
+        with self._cond:
+            self._epoch += 1
+        LOG.info("MQTT %s connected (session present: %s, epoch %d)", self._settings.client_id,
+                 flags.session_present, self._epoch)
+        client.subscribe([(topic, self._settings.qos) for topic in self._settings.topics])
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code == "Session taken over":
+            LOG.error("MQTT client id %s was taken over: two consumers share it", self._settings.client_id)
+        elif reason_code != 0:
+            LOG.warning("MQTT %s disconnected (%s); reconnecting", self._settings.client_id, reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self._pending.append((message.payload, time.time(), message.mid, message.qos, self._epoch))
+            self._cond.notify()
+
+    def _forward(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+            time.sleep(FORWARD_EVERY_S)
+            with self._cond:
+                batch, self._pending = self._pending, []
+            try:
+                write_frame(self._out, batch)
+            except (BrokenPipeError, ValueError):
+                os._exit(0)
+
+    def ack(self, acks: list[tuple[int, int]]) -> None:
+        with self._cond:
+            epoch = self._epoch
+        for ack_epoch, mid in acks:
+            if ack_epoch == epoch:
+                self._client.ack(mid, 1)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def main() -> None:
+    commands, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    receiver = _Receiver(read_frame(commands), out)
+    while True:
+        try:
+            acks = read_frame(commands)
+        except EOFError:
+            break
+        if acks is None:
+            break
+        receiver.ack(acks)
+    receiver.close()
+
+
+if __name__ == "__main__":
+    main()

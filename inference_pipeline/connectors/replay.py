@@ -1,0 +1,98 @@
+"""Replay a file as an event stream: JSON lines are sent as they are; CSV/Parquet rows become event payloads.
+
+``source.kind: replay``. Events keep their own event timestamps (the backfill path); ``rate`` paces emission in
+events per second.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from features.schema import EventRules, RawEvent, encode_events
+from inference_pipeline.connectors.base import ConnectorSettings, Source
+
+
+class ReplaySettings(ConnectorSettings):
+    """``path``: the file to replay (JSON lines are sent as they are; CSV/Parquet rows become events, read with the
+    column names given); ``batch_size``: events per batch; ``rate``: events per second (default: as fast as
+    possible)."""
+
+    kind: Literal["replay"] = "replay"
+    path: str | None = None
+    device_column: str = "device_id"
+    timestamp_column: str = "ts"
+    event_id_column: str | None = "event_id"
+    batch_size: int = Field(2000, ge=1)
+    rate: float | None = Field(None, gt=0)
+
+
+def rows_to_payloads(frame: pd.DataFrame, device_column: str, timestamp_column: str, sensors: tuple[str, ...],
+                     event_id_column: str | None) -> list[str]:
+    """JSON event payloads for table rows (columns missing from the table fail here, naming the column)."""
+    from training.datasets import timestamps_to_epoch
+
+    missing = [column for column in (device_column, timestamp_column, *sensors) if column not in frame.columns]
+    if missing:
+        raise ValueError(f"replay file lacks columns {missing}; it has {list(frame.columns)}")
+    ids = frame[event_id_column].astype(str).tolist() if event_id_column in frame.columns else None
+    return encode_events(frame[device_column].astype(str).tolist(), timestamps_to_epoch(frame[timestamp_column]),
+                         frame[list(sensors)].to_numpy(dtype=np.float64), sensors, ids)
+
+
+def read_payloads(path: str | Path, device_column: str, timestamp_column: str, sensors: tuple[str, ...],
+                  event_id_column: str | None) -> list[str]:
+    """All payloads of a replay file, in file order."""
+    path = Path(path)
+    if path.suffix in (".jsonl", ".ndjson"):
+        with path.open("rb") as handle:
+            return [line.rstrip(b"\r\n").decode("utf-8", errors="replace") for line in handle if line.strip()]
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, sep=None, engine="python")
+    return rows_to_payloads(frame, device_column, timestamp_column, sensors, event_id_column)
+
+
+class _ReplayFn(beam.DoFn):
+    def __init__(self, read_args: tuple, batch_size: int, rate: float | None):
+        self._read_args = read_args
+        self._batch_size = batch_size
+        self._rate = rate
+
+    def process(self, path: str) -> Iterator[list[RawEvent]]:
+        payloads = read_payloads(path, *self._read_args)
+        started = time.time()
+        for start in range(0, len(payloads), self._batch_size):
+            if self._rate:
+                delay = started + start / self._rate - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+            now = time.time()
+            yield [RawEvent(payload, now) for payload in payloads[start:start + self._batch_size]]
+
+
+class ReadReplay(beam.PTransform):
+    """A replay file -> list[RawEvent] batches of ``batch_size``."""
+
+    def __init__(self, path: str | Path, sensors: tuple[str, ...], device_column: str = "device_id",
+                 timestamp_column: str = "ts", event_id_column: str | None = "event_id", batch_size: int = 2000,
+                 rate: float | None = None):
+        super().__init__()
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"source.path: replay file not found: {path}")
+        self._path = str(path)
+        self._fn = _ReplayFn((device_column, timestamp_column, tuple(sensors), event_id_column), batch_size, rate)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return pbegin | "File" >> beam.Create([self._path]) | "Emit" >> beam.ParDo(self._fn)
+
+
+def replay_source(settings: ReplaySettings, rules: EventRules) -> Source:
+    if not settings.path:
+        raise ValueError("source.path: a replay source needs a file (set it or pass --source)")
+    return Source(ReadReplay(settings.path, rules.sensors, settings.device_column, settings.timestamp_column,
+                             settings.event_id_column, settings.batch_size, settings.rate))

@@ -1,0 +1,154 @@
+"""The pipeline's results: their value types and the one schema every sink derives its format from.
+
+Three result streams leave the pipeline: ``predictions`` (one row per event scored), ``alerts`` (one row per
+incident, upserted as it opens and closes) and ``dead_letters`` (one row per rejected event). Each is a ``Table`` of
+typed ``Column``s; the SQLite DDL, the JSON topic messages and the row tuples all come from it, so a new sink (a
+warehouse, say) maps column types once instead of copying column lists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from features.schema import DeadLetter
+
+ColumnType = Literal["text", "real", "integer", "json"]
+
+# (device_id, oldest event time of interest) -> (event_id, event_time) pairs already predicted, oldest first.
+Restore = Callable[[str, float], Iterable[tuple[str, float]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    name: str
+    type: ColumnType
+    nullable: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """One result stream: its columns, its upsert key (if rows are replaced by key) and how a value becomes rows."""
+
+    name: str
+    columns: tuple[Column, ...]
+    to_records: Callable[[Any], Mapping[str, Sequence[Any]]]
+    key: str | None = None
+    index: tuple[str, ...] = ()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+    def rows(self, value: Any) -> list[tuple]:
+        """The value's rows as tuples in column order (JSON columns serialised)."""
+        records = self.to_records(value)
+        columns = [_json_column(records[c.name]) if c.type == "json" else records[c.name] for c in self.columns]
+        return list(zip(*columns))
+
+    def messages(self, value: Any) -> list[str]:
+        """The value's rows as JSON objects, one message per row."""
+        names = self.column_names
+        return [json.dumps(dict(zip(names, row)), separators=(",", ":"), default=str) for row in self.rows(value)]
+
+
+def _json_column(values: Sequence[Any]) -> list[str | None]:
+    return [None if value is None else json.dumps(value, separators=(",", ":")) for value in values]
+
+
+@dataclasses.dataclass
+class PredictionBatch:
+    """Predictions for one device batch, as columns (optional model outputs are None or per-row lists)."""
+
+    device_id: str
+    event_ids: np.ndarray
+    event_time: np.ndarray
+    received_at: np.ndarray
+    processing_time: float
+    raw_score: np.ndarray
+    anomaly_score: np.ndarray
+    threshold: float
+    window_fill: np.ndarray
+    window: int
+    model_name: str
+    model_version: str
+    label: list[str | None] | None = None
+    class_probabilities: list[dict[str, float] | None] | None = None
+    sensor_contributions: list[dict[str, float] | None] | None = None
+
+    @property
+    def is_anomaly(self) -> np.ndarray:
+        """At or above the threshold with a full window: a device still warming up never raises an anomaly."""
+        return ((self.anomaly_score >= self.threshold) & (self.window_fill >= self.window)).astype(np.int8)
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    def records(self) -> dict[str, Sequence[Any]]:
+        n = len(self)
+        missing = [None] * n
+        return {
+            "event_id": self.event_ids.tolist(), "device_id": [self.device_id] * n,
+            "event_time": self.event_time.tolist(), "received_at": self.received_at.tolist(),
+            "processing_time": [self.processing_time] * n, "anomaly_score": self.anomaly_score.tolist(),
+            "raw_score": self.raw_score.tolist(), "threshold": [self.threshold] * n,
+            "is_anomaly": self.is_anomaly.tolist(), "window_fill": self.window_fill.tolist(),
+            "model_name": [self.model_name] * n, "model_version": [self.model_version] * n,
+            "label": self.label or missing, "class_probabilities": self.class_probabilities or missing,
+            "sensor_contributions": self.sensor_contributions or missing,
+        }
+
+
+@dataclasses.dataclass
+class Incident:
+    """An alert: emitted when it opens (end_time None) and again when it closes."""
+
+    incident_id: str
+    device_id: str
+    start_time: float
+    end_time: float | None
+    peak_score: float
+    n_events: int
+    status: str
+    model_name: str
+    model_version: str
+
+    def records(self) -> dict[str, Sequence[Any]]:
+        return {field.name: [getattr(self, field.name)] for field in dataclasses.fields(self)}
+
+
+def _dead_letter_records(letter: DeadLetter) -> dict[str, Sequence[Any]]:
+    return {field.name: [getattr(letter, field.name)] for field in dataclasses.fields(letter)}
+
+
+def _prediction_records(element: tuple[str, PredictionBatch] | PredictionBatch) -> dict[str, Sequence[Any]]:
+    batch = element[1] if isinstance(element, tuple) else element
+    return batch.records()
+
+
+PREDICTIONS = Table("predictions", (
+    Column("event_id", "text"), Column("device_id", "text"), Column("event_time", "real"),
+    Column("received_at", "real"), Column("processing_time", "real"), Column("anomaly_score", "real"),
+    Column("raw_score", "real"), Column("threshold", "real"), Column("is_anomaly", "integer"),
+    Column("window_fill", "integer"), Column("model_name", "text"), Column("model_version", "text"),
+    Column("label", "text", nullable=True), Column("class_probabilities", "json", nullable=True),
+    Column("sensor_contributions", "json", nullable=True),
+), _prediction_records, index=("device_id", "event_time"))
+
+ALERTS = Table("alerts", (
+    Column("incident_id", "text"), Column("device_id", "text"), Column("start_time", "real"),
+    Column("end_time", "real", nullable=True), Column("peak_score", "real"), Column("n_events", "integer"),
+    Column("status", "text"), Column("model_name", "text"), Column("model_version", "text"),
+), Incident.records, key="incident_id")
+
+DEAD_LETTERS = Table("dead_letters", (
+    Column("reason", "text"), Column("detail", "text"), Column("payload", "text"), Column("received_at", "real"),
+    Column("device_id", "text", nullable=True),
+), _dead_letter_records)
+
+TABLES: dict[str, Table] = {table.name: table for table in (PREDICTIONS, ALERTS, DEAD_LETTERS)}
+ResultStream = Literal["predictions", "alerts", "dead_letters"]
+

@@ -1,1 +1,0 @@
-"""Result sinks: where predictions, alerts and dead letters are written."""

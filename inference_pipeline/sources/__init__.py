@@ -1,1 +1,0 @@
-"""Event sources: unbounded readers that turn broker messages into RawEvents."""

@@ -1,0 +1,57 @@
+"""Parse and validate raw payloads in batches; every rejected event goes to the dead-letter output with its reason."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import apache_beam as beam
+import pandas as pd
+from apache_beam import pvalue
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.schema import EventRules, RawEvent, parse_events
+
+DEAD_LETTERS = "dead_letters"
+
+
+class EventSettings(BaseModel):
+    """Validation limits applied before features; rejected events go to the dead letters. ``known_devices`` and the
+    ``device_id`` column of ``known_devices_file`` (CSV) form the device registry (none: any device)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    known_devices: list[str] | None = None
+    known_devices_file: str | None = None
+    max_future_s: float = Field(300.0, gt=0)
+    max_payload_bytes: int = Field(65536, ge=64)
+
+    def rules(self, sensors: tuple[str, ...], devices_file: Path | None = None) -> EventRules:
+        """What a valid event is for a model's sensors (``devices_file``: another device registry CSV)."""
+        known = set(self.known_devices or [])
+        for path in filter(None, (self.known_devices_file, devices_file)):
+            known |= set(pd.read_csv(path)["device_id"].astype(str))
+        return EventRules(sensors, frozenset(known) if known else None, self.max_future_s, self.max_payload_bytes)
+
+
+class _ParseFn(beam.DoFn):
+    def __init__(self, rules: EventRules):
+        self._rules = rules
+
+    def process(self, raws: list[RawEvent]) -> Iterator:
+        batches, dead = parse_events(raws, self._rules, now=time.time())
+        for batch in batches:
+            yield batch.device_id, batch
+        for letter in dead:
+            yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
+
+
+class ParseEvents(beam.PTransform):
+    """list[RawEvent] -> main: (device_id, EventBatch); ``dead_letters``: DeadLetter."""
+
+    def __init__(self, rules: EventRules):
+        super().__init__()
+        self._rules = rules
+
+    def expand(self, raws: beam.PCollection) -> pvalue.DoOutputsTuple:
+        return raws | "Validate" >> beam.ParDo(_ParseFn(self._rules)).with_outputs(DEAD_LETTERS, main="events")

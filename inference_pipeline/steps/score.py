@@ -1,0 +1,90 @@
+"""Turn model outputs into predictions: the decision at the threshold, provenance and explanations attached.
+
+Every handler returns the same ``ModelOutput`` (``model_handlers.contract``). A batch whose features were scaled by
+other MLTransform artifacts than the model version's own is never scored: each of its events becomes a dead letter
+(``inference_error``), so a model swap cannot silently pair new weights with old scaling.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import apache_beam as beam
+import numpy as np
+from apache_beam import pvalue
+from apache_beam.ml.inference.base import PredictionResult
+
+from features.schema import DeadLetter, DeadLetterReason, FeatureBatch
+from inference_pipeline.results import PredictionBatch
+from model_handlers.contract import ModelOutput
+
+DEAD_LETTERS = "dead_letters"
+
+
+def batch_dead_letters(batch: FeatureBatch, detail: str, device_id: str) -> list[DeadLetter]:
+    """Every event of a batch that could not be scored, as an ``inference_error`` dead letter."""
+    events = batch.events
+    return [DeadLetter(DeadLetterReason.INFERENCE_ERROR, detail, event_id, received, device_id)
+            for event_id, received in zip(events.event_ids.tolist(), events.received_at.tolist())]
+
+
+def _per_row(names: tuple[str, ...], values: np.ndarray, rows: np.ndarray) -> list[dict[str, float] | None]:
+    """``{name: value}`` for the rows selected, None elsewhere (explanations are kept for anomalies only)."""
+    out: list[dict[str, float] | None] = [None] * len(values)
+    for i in np.flatnonzero(rows).tolist():
+        out[i] = {name: round(float(v), 4) for name, v in zip(names, values[i])}
+    return out
+
+
+def to_predictions(batch: FeatureBatch, output: ModelOutput, threshold: float, window: int,
+                   device_id: str) -> PredictionBatch:
+    events = batch.events
+    predictions = PredictionBatch(
+        device_id=device_id, event_ids=events.event_ids, event_time=events.ts, received_at=events.received_at,
+        processing_time=time.time(), raw_score=np.asarray(output.raw_score, dtype=np.float64),
+        anomaly_score=np.asarray(output.anomaly_score, dtype=np.float64), threshold=threshold,
+        window_fill=batch.filled, window=window, model_name=output.model.name, model_version=output.model.version)
+    if output.class_probabilities is not None:
+        predictions.label = output.label.tolist()
+        predictions.class_probabilities = _per_row(output.class_names, output.class_probabilities,
+                                                   np.ones(len(batch), dtype=bool))
+    if output.sensor_contributions is not None:
+        predictions.sensor_contributions = _per_row(output.sensor_names, output.sensor_contributions,
+                                                    predictions.is_anomaly.astype(bool))
+    return predictions
+
+
+class _ScoreFn(beam.DoFn):
+    def __init__(self, threshold: float, window: int):
+        self._threshold = threshold
+        self._window = window
+
+    def process(self, element: tuple[str, PredictionResult]) -> Iterator:
+        device_id, result = element
+        batch: FeatureBatch = result.example
+        output: ModelOutput = result.inference
+        if batch.scaled_by != output.model.transform_id:
+            detail = (f"model {output.model} expects features scaled by its transform {output.model.transform_id}, "
+                      f"got {batch.scaled_by}")
+            for letter in batch_dead_letters(batch, detail, device_id):
+                yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
+            return
+        yield device_id, to_predictions(batch, output, self._threshold, self._window, device_id)
+
+
+class ScorePredictions(beam.PTransform):
+    """(device_id, PredictionResult[FeatureBatch, ModelOutput]) -> main: (device_id, PredictionBatch);
+    ``dead_letters``: DeadLetter for batches scaled by another version's transform.
+
+    ``threshold``: the anomaly score at or above which a prediction is anomalous (0.5: the version's calibrated
+    threshold); ``window``: the feature window, below which a device is warming up and never anomalous.
+    """
+
+    def __init__(self, threshold: float, window: int):
+        super().__init__()
+        self._threshold = threshold
+        self._window = window
+
+    def expand(self, results: beam.PCollection) -> pvalue.DoOutputsTuple:
+        return results | "ToPredictions" >> beam.ParDo(_ScoreFn(self._threshold, self._window)).with_outputs(
+            DEAD_LETTERS, main="predictions")

@@ -1,0 +1,114 @@
+"""A model version: the folder a registered version holds, one unit of everything that must change together.
+
+    model.json          feature spec, calibrated threshold, architecture (read by the handler kind), metrics,
+                        name, version and ``transform_id`` (the fingerprint of transform/)
+    model.safetensors   network weights (a state_dict; never a pickled Python object), for weight-based kinds
+    transform/          the MLTransform artifacts fitted on this version's training features
+    MLmodel             an MLflow pyfunc model over the same folder (``model_handlers.pyfunc``): scaled feature
+                        rows in, raw and anomaly scores out, so ``mlflow models serve`` and any MLflow tool load it
+
+Nothing here imports a framework: remote handler kinds read a version without torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from features.spec import FeatureSpec
+
+META = "model.json"
+WEIGHTS = "model.safetensors"
+TRANSFORM = "transform"
+PYFUNC_LOADER = "model_handlers.pyfunc"
+
+
+def transform_fingerprint(transform_dir: Path) -> str:
+    """A digest of the MLTransform artifacts (every file's relative path and bytes)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in transform_dir.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(transform_dir)).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVersion:
+    """A version on local disk, read-only."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ModelVersion":
+        path = Path(path)
+        meta_file = path / META
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{path} is not a model version: {META} is missing")
+        return cls(path, json.loads(meta_file.read_text()))
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec.model_validate(self.meta["feature_spec"])
+
+    @property
+    def threshold(self) -> float:
+        """The raw-score threshold calibrated on held-out normal data (anomaly score 0.5)."""
+        return float(self.meta["threshold"])
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return dict(self.meta["architecture"])
+
+    @property
+    def transform_dir(self) -> Path:
+        return self.path / TRANSFORM
+
+    @property
+    def transform_id(self) -> str:
+        return str(self.meta.get("transform_id") or transform_fingerprint(self.transform_dir))
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.path.name))
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "local"))
+
+    def with_identity(self, name: str, version: str) -> "ModelVersion":
+        """The same version labelled with the registry's name and version."""
+        return dataclasses.replace(self, meta={**self.meta, "name": name, "version": version})
+
+
+def write_model_version(path: Path, spec: FeatureSpec, architecture: dict[str, Any], threshold: float,
+                        metrics: dict[str, float], name: str) -> ModelVersion:
+    """Write model.json and the MLmodel file into ``path``, which already holds the weights and transform/."""
+    if not (path / TRANSFORM).is_dir():
+        raise FileNotFoundError(f"{path / TRANSFORM} is missing: fit the MLTransform artifacts first")
+    meta = {
+        "architecture": architecture,
+        "feature_spec": spec.model_dump(mode="json"),
+        "threshold": threshold,
+        "metrics": metrics,
+        "name": name,
+        "transform_id": transform_fingerprint(path / TRANSFORM),
+    }
+    (path / META).write_text(json.dumps(meta, indent=2))
+    _write_mlmodel(path, spec)
+    return ModelVersion(path, meta)
+
+
+def _write_mlmodel(path: Path, spec: FeatureSpec) -> None:
+    """The MLflow pyfunc flavour over this folder, with a signature named from the feature spec."""
+    from mlflow.models import Model, ModelSignature
+    from mlflow.pyfunc import add_to_model
+    from mlflow.types import ColSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("float", name) for name in spec.feature_names]),
+        outputs=Schema([ColSpec("double", "raw_score"), ColSpec("double", "anomaly_score")]))
+    model = Model(signature=signature)
+    add_to_model(model, loader_module=PYFUNC_LOADER, data=".")
+    model.save(str(path / "MLmodel"))

@@ -1,0 +1,60 @@
+"""MQTT deployment config: typed broker settings, secrets from the environment, one payload limit, clear errors."""
+from pathlib import Path
+
+import pytest
+
+from inference_pipeline.config import ConfigError, load_config
+from inference_pipeline.connectors.mqtt.settings import MqttSettings
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+MQTT_CONFIG = CONFIGS / "mqtt.yaml"
+
+
+def test_the_shipped_mqtt_config_reads_a_persistent_qos1_session_and_publishes_to_its_broker():
+    config = load_config(MQTT_CONFIG)
+    mqtt = config.source.mqtt
+    assert config.source.kind == "mqtt" and mqtt.qos == 1 and not mqtt.clean_start and mqtt.topics
+    assert config.sinks.kind == "sqlite"
+    for sink in (config.sinks.alerts, config.sinks.dead_letters):
+        assert sink.kind == "mqtt" and config.broker(sink) == mqtt
+
+
+def test_password_comes_from_the_environment_and_never_shows(monkeypatch):
+    monkeypatch.setenv("IOTML_MQTT_PASSWORD", "s3cret")
+    config = load_config(MQTT_CONFIG, {"source.mqtt.username": "iotml"})
+    assert config.source.mqtt.resolved_password() == "s3cret"
+    assert "s3cret" not in repr(config) and "s3cret" not in config.model_dump_json()
+    monkeypatch.setenv("BROKER_PW", "other")
+    assert load_config(MQTT_CONFIG, {"source.mqtt.password_env": "BROKER_PW"}).source.mqtt.resolved_password() == "other"
+
+
+def test_tls_settings_come_from_config_and_mqtts_urls():
+    config = load_config(MQTT_CONFIG, {"source.mqtt.port": 8883, "source.mqtt.tls": {"ca_certs": "/etc/iotml/ca.crt"}})
+    assert config.source.mqtt.tls.ca_certs == "/etc/iotml/ca.crt"
+    settings = MqttSettings.from_url("mqtts://iotml@broker.example/plant?client_id=p")
+    assert settings.port == 8883 and settings.tls is not None and settings.username == "iotml"
+    private_ca = MqttSettings.from_url("mqtts://broker.example:8884/plant?ca_certs=/etc/iotml/ca.crt&client_id=p")
+    assert private_ca.tls.ca_certs == "/etc/iotml/ca.crt" and private_ca.port == 8884
+    with pytest.raises(ValueError, match="mqtts://"):
+        MqttSettings.from_url("mqtt://broker.example/plant?ca_certs=/etc/iotml/ca.crt&client_id=p")
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"source.mqtt.topics": []}, "source.mqtt.topics"),
+    ({"source.mqtt.qos": 2}, "source.mqtt.qos"),
+    ({"source.mqtt.max_payload_bytes": 1024}, "events.max_payload_bytes"),
+    ({"source.kind": "replay", "source.mqtt": None, "source.path": "x.jsonl"}, "sinks.alerts.mqtt"),
+    ({"sinks.dead_letters": {"kind": "kafka", "topic": "t"}}, "sinks.dead_letters.kind"),
+    ({"source.read": {"batch_window": 1}}, "source.read.batch_window"),
+])
+def test_bad_mqtt_settings_fail_naming_the_field(overrides, field):
+    with pytest.raises(ConfigError) as error:
+        load_config(MQTT_CONFIG, overrides)
+    assert field in str(error.value)
+
+
+def test_pubsub_config_names_subscription_and_topics():
+    config = load_config(CONFIGS / "pubsub.yaml")
+    assert config.source.kind == "pubsub" and config.source.subscription.startswith("projects/")
+    assert config.sinks.alerts.kind == config.sinks.dead_letters.kind == "pubsub"
+    assert config.pipeline_options["runner"] == "DataflowRunner" and not config.dedup.restore_from_sink

@@ -1,0 +1,37 @@
+"""The training package's config sections: the fleet simulator (``simulation``) and model training (``training``)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SimulationSettings(BaseModel):
+    """The built-in fleet simulator: training data is fault-free, the replay stream has injected faults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    devices: int = Field(12, ge=1, le=10_000)
+    duration_s: float = Field(3600.0, gt=0)
+    train_duration_s: float = Field(7200.0, gt=0)
+    interval_s: float = Field(1.0, gt=0)
+    fault_rate: float = Field(1.0, ge=0)
+    malformed_fraction: float = Field(0.002, ge=0, lt=0.5)
+    seed: int = 7
+
+
+class TrainingSettings(BaseModel):
+    """Autoencoder training and threshold calibration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: tuple[int, ...] = (32, 8)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=8)
+    learning_rate: float = Field(1e-3, gt=0)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    threshold_quantile: float = Field(0.999, gt=0.5, lt=1)
+    threshold_margin: float = Field(1.5, ge=1.0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    experiment: str = "iot-anomaly"
