@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -31,16 +32,21 @@ from inference_pipeline.config import load_config
 from inference_pipeline.jobs.loadgen import PublishReport, publish_fleet, publisher_settings
 
 REPO = Path(__file__).resolve().parents[1]
+# The pipeline's last log line once it has drained (inference_pipeline.runtime.run.run_stream).
+FINISHED = re.compile(r"finished in [\d.]+ s: \d+ predictions, \d+ dead letters, \d+ duplicates dropped")
 LOG = logging.getLogger("live_latency")
 
 
 def ensure_model(work: Path, uri: str | None) -> str:
-    """A model to serve: ``uri`` if given, else one trained and registered once under ``work``."""
+    """A model to serve: ``uri`` if given, else one trained and registered once under ``work`` (the newest model
+    version resolved there before is reused; folders left by older layouts, without an architecture or a transform
+    fingerprint in model.json, are not)."""
     if uri:
         return uri
-    bundles = sorted((work / "models").glob("*/*/model.json"))
-    if bundles:
-        return str(bundles[-1].parent)
+    for meta in sorted((work / "models").glob("*/*/model.json"), key=lambda path: path.stat().st_mtime,
+                       reverse=True):
+        if {"architecture", "transform_id"} <= json.loads(meta.read_text()).keys():
+            return str(meta.parent)
     from inference_pipeline.jobs.main_job import train_simulated
 
     config = load_config(overrides={"work_dir": str(work), "simulation.devices": 12, "simulation.duration_s": 900,
@@ -147,9 +153,10 @@ def main() -> None:
     db, log = work / f"live-{tag}.db", work / f"stream-{tag}.log"
     settings, _ = publisher_settings(f"{args.broker}/{prefix}")
     overrides: dict[str, object] = {
-        "model.uri": model, "sinks.path": str(db), "source.mqtt.host": settings.host, "source.mqtt.port": settings.port,
+        "model.uri": model, "source.mqtt.host": settings.host, "source.mqtt.port": settings.port,
         "source.mqtt.client_id": f"iotml-bench-{tag}", "source.mqtt.topics": [f"{prefix}/+/telemetry"],
-        "sinks.alerts.topic": f"{prefix}/alerts", "sinks.dead_letters.topic": f"{prefix}/dead-letters"}
+        "sinks.results.path": str(db), "sinks.alert_topic.topic": f"{prefix}/alerts",
+        "sinks.dead_letter_topic.topic": f"{prefix}/dead-letters"}
     pipeline = start_pipeline(args.config, overrides, args.overrides, log)
     try:
         wait_for_log(log, "connected", pipeline, 180)
@@ -174,8 +181,11 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 pipeline.kill()
                 pipeline.wait()
-    drained = pipeline.returncode == 0 and "finished in" in log.read_text(errors="replace")
-    if not drained:
+    totals = FINISHED.search(log.read_text(errors="replace"))
+    drained = pipeline.returncode == 0 and totals is not None
+    if drained:
+        LOG.info("pipeline totals (warm-up included): %s", totals.group(0))
+    else:
         LOG.error("the pipeline did not drain and exit cleanly (exit code %s); see %s", pipeline.returncode, log)
     latency_ms = (rows[:, 1] - rows[:, 0]) * 1e3
     p50, p95, p99 = np.percentile(latency_ms, [50, 95, 99]) if len(rows) else (float("nan"),) * 3

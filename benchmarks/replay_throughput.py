@@ -1,45 +1,72 @@
 """Replay throughput: the Beam pipeline on the local runner vs a plain Python loop doing the same work.
 
 Same generated events, same work both ways: parse + validate, per-device window features, the fitted MLTransform
-z-score, the autoencoder, the threshold. Each side is timed end to end including its own start-up (the pipeline's
-graph construction and TF artifact load; the loop's model load and transform read). Last output line is JSON:
-{"events": N, "pipeline_eps": x, "baseline_eps": y, "ratio": x/y}
+z-score, the autoencoder, the threshold. The pipeline is the one ``iotml stream`` runs, built by
+``inference_pipeline.builder.create_pipeline`` (a replay source of the events file, no sinks) and run by
+``runtime.run.run_graph``; the loop is the fixed reference (the z-score as the affine map read from the fitted
+artifact, one forward pass per chunk of raw lines).
 
-    python benchmarks/replay_throughput.py --events 200000 [--bundle PATH] [--batch-size 4000]
+Start-up and steady state are reported apart:
+
+- pipeline start-up: from the start (before the graph is built) until its first prediction batch is produced (graph
+  construction, TF artifact and model load, file read, and whatever runs ahead of the first prediction); steady
+  state: events predicted after the first batch / (last - first prediction batch), from each batch's
+  ``processing_time``, recorded by a small step on the predictions (Beam metrics);
+- baseline start-up: its set-up (reading the fitted scaling, loading the model); steady state: events / the loop
+  (reading the file's lines, then chunk by chunk to the threshold).
+
+Each side runs ``--runs`` times (interleaved); the numbers are medians, ``ratio`` the median of the per-run ratios of
+steady-state events per second (pipeline / baseline). Counts are checked to equal ``--events`` on both sides. Last
+output line is JSON:
+{"events": N, "pipeline_eps": x, "baseline_eps": y, "ratio": r, "pipeline_startup_s": s, "baseline_startup_s": s,
+ "runs": 3}
+
+    python benchmarks/replay_throughput.py --events 200000 [--bundle PATH] [--batch-size 4000] [--runs 3]
+
+Profile (the local runner executes bundles in this process, so the pipeline's steps show up under it):
+
+    pip install py-spy && py-spy record -o replay.svg -- python benchmarks/replay_throughput.py --events 200000 --runs 1
+    python -m cProfile -o replay.prof benchmarks/replay_throughput.py --events 200000 --runs 1
+    python -c "import pstats; pstats.Stats('replay.prof').sort_stats('cumulative').print_stats(40)"
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
+import torch
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from features.scaling import ScaleFeatures
 from features.schema import EventBatch, EventRules, FeatureBatch, RawEvent, parse_events
 from features.window import window_features, window_fill
-from inference_pipeline.config import load_config
-from inference_pipeline.builder import LOCAL_RUNNER, ScoreEvents
-from inference_pipeline.connectors.replay import ReadReplay, read_payloads
-from model_handlers.model_version import ModelBundle
-from model_handlers.networks import error_to_score
+from inference_pipeline.builder import LOCAL_RUNNER, create_pipeline
+from inference_pipeline.config import Config, load_config
+from inference_pipeline.connectors.replay import ReplaySettings, read_payloads
+from inference_pipeline.runtime.run import event_rules, outcome_counts, run_graph
+from model_handlers.model_version import ModelVersion
 from model_handlers.torch_model import LoadedModel
 from training.simulate import iter_payloads, simulate_fleet
 
 DEVICES = 50
+BENCH = "bench"
 
 
-def train_bundle(work: Path) -> ModelBundle:
-    """A small model trained and registered the normal way (the benchmark needs a real bundle)."""
-    from inference_pipeline.jobs.main_job import simulate_datasets
+def train_version(work: Path) -> ModelVersion:
+    """A small model trained and registered the normal way (the benchmark needs a real model version)."""
     from inference_pipeline.builder import pipeline_options
+    from inference_pipeline.jobs.main_job import simulate_datasets
     from training.workflow import train_and_register
 
     config = load_config(overrides={"work_dir": str(work), "simulation.devices": DEVICES,
@@ -48,7 +75,7 @@ def train_bundle(work: Path) -> ModelBundle:
     data = simulate_datasets(config)
     run = train_and_register(data.train, data.eval, config.features, config.training, work, config.tracking_uri,
                              "bench", pipeline_options(config), progress=False)
-    return ModelBundle.open(run.bundle_dir)
+    return ModelVersion.open(run.bundle_dir)
 
 
 def write_events(path: Path, n_events: int, sensors: tuple[str, ...]) -> None:
@@ -56,49 +83,83 @@ def write_events(path: Path, n_events: int, sensors: tuple[str, ...]) -> None:
     path.write_text("\n".join(iter_payloads(frame.iloc[:n_events], sensors)) + "\n")
 
 
-class _Count(beam.DoFn):
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One side's run: start-up seconds, steady-state events per second, events predicted, total seconds."""
+
+    startup_s: float
+    eps: float
+    predictions: int
+    total_s: float
+
+
+class _StampBatches(beam.DoFn):
+    """Per prediction batch: its ``processing_time`` in integer ms into a distribution (min: the first batch, max:
+    the last, count: batches); passes (processing_time, events) on so the first batch's size can be found."""
+
     def __init__(self):
-        self.predictions = Metrics.counter("bench", "predictions")
+        self._stamps = Metrics.distribution(BENCH, "processing_ms")
 
-    def process(self, element) -> None:
-        self.predictions.inc(len(element[1]))
+    def process(self, element):
+        batch = element[1]
+        self._stamps.update(int(batch.processing_time * 1000))
+        yield batch.processing_time, len(batch)
 
 
-def run_pipeline(events: Path, bundle: ModelBundle, batch_size: int) -> tuple[float, int]:
-    config = load_config(overrides={"alerting.open_after": 3})
-    rules = EventRules(bundle.feature_spec.sensors)
+class _FirstBatchSize(beam.DoFn):
+    def __init__(self):
+        self._events = Metrics.distribution(BENCH, "first_batch_events")
+
+    def process(self, smallest: list[tuple[float, int]]) -> None:
+        for _, events in smallest:
+            self._events.update(events)
+
+
+def run_pipeline(config: Config, events: Path, version: ModelVersion, rules: EventRules, batch_size: int) -> Run:
     started = time.time()
-    pipeline = beam.Pipeline(options=PipelineOptions([], runner=LOCAL_RUNNER))
-    raws = pipeline | "ReadEvents" >> ReadReplay(events, rules.sensors, batch_size=batch_size)
-    outputs = raws | "ScoreEvents" >> ScoreEvents(bundle, rules, config)
-    outputs.predictions | "Count" >> beam.ParDo(_Count())
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = result.metrics().query(beam.metrics.MetricsFilter().with_name("predictions"))["counters"]
-    return time.time() - started, int(sum(c.committed for c in counters))
+    replay = config.model_copy(update={"source": ReplaySettings(path=str(events), batch_size=batch_size),
+                                       "sinks": {}})
+    graph = create_pipeline(replay, version, rules)
+    stamps = graph.outputs.predictions | "BenchStamps" >> beam.ParDo(_StampBatches())
+    _ = (stamps | "BenchFirstBatch" >> beam.combiners.Top.Smallest(1)
+         | "BenchFirstBatchSize" >> beam.ParDo(_FirstBatchSize()))
+    _, result = run_graph(graph)
+    seconds = time.time() - started
+    predictions = outcome_counts(result)["predictions"]
+    found = {d.key.metric.name: d.committed
+             for d in result.metrics().query(MetricsFilter().with_namespace(BENCH))["distributions"]}
+    if "first_batch_events" not in found:  # nothing predicted: the count check reports it
+        return Run(float("nan"), 0.0, predictions, seconds)
+    stamps_ms, first_events = found["processing_ms"], found["first_batch_events"].max
+    steady_s = (stamps_ms.max - stamps_ms.min) / 1000
+    return Run(stamps_ms.min / 1000 - started, (predictions - first_events) / max(steady_s, 1e-3), predictions,
+               seconds)
 
 
-def scaling_affine(bundle: ModelBundle, work: Path) -> tuple[np.ndarray, np.ndarray]:
+def scaling_affine(version: ModelVersion, work: Path) -> tuple[np.ndarray, np.ndarray]:
     """The fitted z-score as x * slope + offset, read by sending probe rows 0 and 1 through the artifact."""
-    n_features = len(bundle.feature_spec.feature_names)
+    n_features = len(version.feature_spec.feature_names)
     events = EventBatch("probe", np.array(["0", "1"], dtype=object), np.zeros(2), np.zeros((2, 1)), np.zeros(2))
     probe = FeatureBatch(events, np.stack([np.zeros(n_features), np.ones(n_features)]).astype(np.float32),
                          np.ones(2))
     out = work / "probe.npy"
     with beam.Pipeline(options=PipelineOptions([], runner=LOCAL_RUNNER)) as pipeline:
-        (pipeline | beam.Create([("probe", probe)]) | ScaleFeatures(bundle.feature_spec, bundle.transform_dir)
+        (pipeline | beam.Create([("probe", probe)]) | ScaleFeatures(version.feature_spec, version.transform_dir)
          | beam.Map(lambda element: np.save(out, element[1].features)))
     scaled = np.load(out)
     return scaled[1] - scaled[0], scaled[0]
 
 
-def run_baseline(events: Path, bundle: ModelBundle, batch_size: int, work: Path) -> tuple[float, int]:
+def run_baseline(events: Path, version: ModelVersion, rules: EventRules, batch_size: int, threshold: float,
+                 work: Path) -> Run:
     """The same work as a plain loop: chunks of raw lines -> per-device numpy state -> one forward per chunk."""
     started = time.time()
-    spec = bundle.feature_spec
-    slope, offset = scaling_affine(bundle, work)
-    model = LoadedModel(bundle, __import__("torch").device("cpu"))
-    rules = EventRules(spec.sensors)
+    spec = version.feature_spec
+    slope, offset = scaling_affine(version, work)
+    model = LoadedModel(version, torch.device("cpu"))
+    setup_s = time.time() - started
+
+    started = time.time()
     payloads = read_payloads(events, "device_id", "ts", spec.sensors, None)
     history: dict[str, np.ndarray] = {}
     predictions = 0
@@ -112,33 +173,50 @@ def run_baseline(events: Path, bundle: ModelBundle, batch_size: int, work: Path)
             fills.append(window_fill(len(past), len(batch), spec.window))
             history[batch.device_id] = np.concatenate([past, batch.values])[-(spec.window - 1):]
         scaled = np.concatenate(features) * slope + offset
-        scores = error_to_score(model.errors(scaled), bundle.threshold)
-        flags = (scores >= 0.5) & (np.concatenate(fills) >= spec.window)
+        scores = model.score(scaled).anomaly_score
+        flags = (scores >= threshold) & (np.concatenate(fills) >= spec.window)
         predictions += len(flags)
-    return time.time() - started, predictions
+    seconds = time.time() - started
+    return Run(setup_s, predictions / seconds, predictions, setup_s + seconds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--bundle", type=Path, help="a model bundle folder (default: train a small one)")
+    parser.add_argument("--bundle", type=Path, help="a model version folder (default: train a small one)")
     parser.add_argument("--batch-size", type=int, default=4000)
+    parser.add_argument("--runs", type=int, default=3, help="runs of each side (medians are reported)")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    config = load_config(overrides={"alerting.open_after": 3})
+    pipeline_runs, baseline_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        bundle = ModelBundle.open(args.bundle) if args.bundle else train_bundle(work / "train")
+        version = ModelVersion.open(args.bundle) if args.bundle else train_version(work / "train")
+        rules = event_rules(config, version)
         events = work / "events.jsonl"
-        write_events(events, args.events, bundle.feature_spec.sensors)
-        baseline_s, baseline_n = run_baseline(events, bundle, args.batch_size, work)
-        pipeline_s, pipeline_n = run_pipeline(events, bundle, args.batch_size)
-    if baseline_n != args.events or pipeline_n != args.events:
-        raise SystemExit(f"event counts differ: baseline {baseline_n}, pipeline {pipeline_n}, events {args.events}")
-    print(f"baseline: {baseline_s:.2f} s, pipeline: {pipeline_s:.2f} s for {args.events} events")
-    pipeline_eps, baseline_eps = args.events / pipeline_s, args.events / baseline_s
-    print(json.dumps({"events": args.events, "pipeline_eps": round(pipeline_eps, 1),
-                      "baseline_eps": round(baseline_eps, 1), "ratio": round(pipeline_eps / baseline_eps, 3)}))
+        write_events(events, args.events, version.feature_spec.sensors)
+        for run in range(args.runs):
+            baseline = run_baseline(events, version, rules, args.batch_size, config.alerting.threshold, work)
+            pipeline = run_pipeline(config, events, version, rules, args.batch_size)
+            if baseline.predictions != args.events or pipeline.predictions != args.events:
+                raise SystemExit(f"run {run + 1}: event counts differ: baseline {baseline.predictions}, "
+                                 f"pipeline {pipeline.predictions}, events {args.events}")
+            print(f"run {run + 1}: baseline start-up {baseline.startup_s:.2f} s, {baseline.eps:.0f} ev/s "
+                  f"({baseline.total_s:.2f} s in all); pipeline start-up {pipeline.startup_s:.2f} s, "
+                  f"{pipeline.eps:.0f} ev/s steady ({pipeline.total_s:.2f} s in all)", flush=True)
+            baseline_runs.append(baseline)
+            pipeline_runs.append(pipeline)
+    print(json.dumps({
+        "events": args.events,
+        "pipeline_eps": round(statistics.median(r.eps for r in pipeline_runs), 1),
+        "baseline_eps": round(statistics.median(r.eps for r in baseline_runs), 1),
+        "ratio": round(statistics.median(p.eps / b.eps for p, b in zip(pipeline_runs, baseline_runs)), 3),
+        "pipeline_startup_s": round(statistics.median(r.startup_s for r in pipeline_runs), 2),
+        "baseline_startup_s": round(statistics.median(r.startup_s for r in baseline_runs), 2),
+        "runs": args.runs,
+    }))
 
 
 if __name__ == "__main__":

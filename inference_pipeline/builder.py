@@ -21,7 +21,7 @@ from features.scaling import ScaleFeatures
 from features.schema import DeadLetter, EventRules, FeatureBatch
 from features.streaming import DeviceFeatures
 from inference_pipeline.config import Config
-from inference_pipeline.connectors import SINKS, SOURCES
+from inference_pipeline.connectors.kinds import SINKS, SOURCES
 from inference_pipeline.connectors.base import Sink, SinkContext, Source
 from inference_pipeline.results import TABLES
 from inference_pipeline.steps.alerts import AlertSettings, DebounceAlerts

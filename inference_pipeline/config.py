@@ -3,7 +3,7 @@
 Each section is owned by the package that uses it (the simulator's and training's in ``training.settings``, the
 feature spec in ``features``, each step's beside the step). ``model``, ``source`` and each entry of ``sinks`` are
 discriminated unions over the kinds registered in ``model_handlers.kinds.HANDLERS`` (by ``model.handler``) and
-``inference_pipeline.connectors.SOURCES`` / ``SINKS`` (by ``kind``): the config accepts exactly the kinds registered
+``inference_pipeline.connectors.kinds.SOURCES`` / ``SINKS`` (by ``kind``): the config accepts exactly the kinds registered
 when it is loaded, and each kind validates its own settings.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from features.spec import FeatureSpec
-from inference_pipeline.connectors import SINKS, SOURCES
+from inference_pipeline.connectors.kinds import SINKS, SOURCES
 from inference_pipeline.connectors.base import ConnectorSettings, SinkContext, SinkSettings
 from inference_pipeline.connectors.replay import ReplaySettings
 from inference_pipeline.connectors.sqlite import SqliteSettings
@@ -75,7 +75,7 @@ class Config(BaseModel):
             try:
                 SINKS[type(settings)](settings, SinkContext(self.work_path, self.source))
             except ValueError as exc:
-                raise ValueError(f"sinks.{name}: {exc}") from None
+                raise ValueError(f"sinks.{name}.{exc}") from None
         return self
 
     @property
@@ -119,14 +119,15 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _field(loc: tuple, data: Any) -> str:
-    """The dotted field of an error location, without the kind tags pydantic inserts into union locations."""
-    parts, node = [], data
+    """The dotted field of an error location, without the kind tag pydantic inserts after a union's field."""
+    parts, node, tag_seen = [], data, False
     for part in loc:
         tag = node.get("kind", node.get("handler")) if isinstance(node, Mapping) else None
-        if tag is not None and part == tag and part not in node:
+        if tag is not None and part == tag and not tag_seen:
+            tag_seen = True
             continue
         parts.append(str(part))
-        node = node.get(part) if isinstance(node, Mapping) else None
+        node, tag_seen = (node.get(part) if isinstance(node, Mapping) else None), False
     return ".".join(parts) or "<root>"
 
 

@@ -18,7 +18,7 @@ class Trained:
     config: object
     data: object
     run: object
-    bundle: object
+    version: object
 
 
 def small_config(work_dir: Path, **overrides):

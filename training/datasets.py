@@ -1,13 +1,14 @@
-"""Loaders for public data sets (SKAB, AI4I 2020) and for any time-series CSV or Parquet file."""
+"""Loaders for public data sets (SKAB, AI4I 2020) and for any time-series CSV, JSON-lines or Parquet file."""
 from __future__ import annotations
 
 import dataclasses
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from features.tables import read_table, timestamps_to_epoch
 
 SKAB_SENSORS: tuple[str, ...] = (
     "Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple", "Voltage",
@@ -17,11 +18,9 @@ AI4I_COLUMNS: tuple[str, ...] = (
     "udi", "product_id", "type", "air_temperature_k", "process_temperature_k", "rotational_speed_rpm", "torque_nm",
     "tool_wear_min", "machine_failure", "twf", "hdf", "pwf", "osf", "rnf",
 )
-SEPARATORS: tuple[str, ...] = (",", ";", "\t", "|")
 TIMESTAMP_NAMES = frozenset({"timestamp", "datetime", "date", "time", "ts"})
 LABEL_NAMES = frozenset({"anomaly", "anomalies", "changepoint", "label", "labels", "is_anomaly", "target"})
 ROW_INDEX_COLUMN = "row_index"
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 @dataclasses.dataclass
@@ -34,31 +33,6 @@ class SkabRun:
 
 def _snake_case(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
-
-
-def timestamps_to_epoch(series: pd.Series) -> np.ndarray:
-    """Epoch seconds as float64: numbers as they are, datetimes and strings parsed (naive ones are UTC)."""
-    if pd.api.types.is_bool_dtype(series):
-        raise ValueError(f"timestamp column {series.name!r} is boolean")
-    if pd.api.types.is_numeric_dtype(series):
-        return series.to_numpy(dtype=np.float64)
-    if not pd.api.types.is_datetime64_any_dtype(series):
-        numbers = pd.to_numeric(series, errors="coerce")
-        if numbers.notna().all():
-            return numbers.to_numpy(dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        try:
-            parsed = pd.to_datetime(series, utc=True)
-        except (ValueError, TypeError):
-            try:
-                parsed = pd.to_datetime(series, utc=True, format="mixed")
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"timestamp column {series.name!r} does not parse as datetimes: {exc}") from exc
-    if parsed.isna().any():
-        missing = int(parsed.isna().sum())
-        raise ValueError(f"timestamp column {series.name!r} has {missing} missing or unparsable values")
-    return ((parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64)
 
 
 def _skab_files(path: Path) -> tuple[Path, list[Path]]:
@@ -110,26 +84,6 @@ def load_ai4i(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def detect_separator(lines: list[str]) -> str:
-    """The separator among , ; tab | that splits the header into most fields, preferring ones consistent per line."""
-    rows = [line for line in lines if line.strip()]
-    if not rows:
-        return ","
-    counts = {sep: [row.count(sep) for row in rows] for sep in SEPARATORS}
-    consistent = {sep: c[0] for sep, c in counts.items() if c[0] > 0 and len(set(c)) == 1}
-    pool = consistent or {sep: c[0] for sep, c in counts.items()}
-    best = max(pool, key=pool.get)
-    return best if pool[best] > 0 else ","
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        return pd.read_parquet(path)
-    with path.open(encoding="utf-8-sig", errors="replace") as handle:
-        head = [line for _, line in zip(range(50), handle)]
-    return pd.read_csv(path, sep=detect_separator(head), encoding="utf-8-sig")
-
-
 def _is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
@@ -156,7 +110,8 @@ def _find_timestamp_column(frame: pd.DataFrame) -> str | None:
 
 def read_time_series(path: str | Path, timestamp_column: str | None = None,
                      value_columns: list[str] | None = None) -> tuple[pd.DataFrame, str, list[str]]:
-    """Read a CSV (separator auto-detected) or Parquet time series; returns (frame, timestamp column, value columns).
+    """Read a CSV (separator auto-detected), JSON-lines or Parquet time series (``features.tables.read_table``);
+    returns (frame, timestamp column, value columns).
 
     Without a timestamp column given, the first column named like a timestamp, else the first column holding
     datetimes, is used; failing both, a ``row_index`` column (seconds since the first row) is added. Without value
@@ -165,7 +120,7 @@ def read_time_series(path: str | Path, timestamp_column: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no file at {path}")
-    frame = _read_table(path)
+    frame = read_table(path)
     if timestamp_column is not None:
         if timestamp_column not in frame.columns:
             columns = list(frame.columns)

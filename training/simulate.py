@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from features.schema import encode_events
+from features.tables import read_table, table_format
 
 SENSORS: tuple[str, ...] = (
     "flow_rate", "pressure", "motor_current", "vibration_rms", "bearing_temp", "motor_temp", "voltage", "rpm",
@@ -24,6 +25,7 @@ SENSORS: tuple[str, ...] = (
 FAULT_TYPES: tuple[str, ...] = ("bearing_wear", "cavitation", "stuck_sensor", "spikes")
 NORMAL = "none"
 COLUMNS: tuple[str, ...] = ("event_id", "device_id", "ts", *SENSORS, "label", "fault_type")
+TEXT_COLUMNS: tuple[str, ...] = ("event_id", "device_id", "fault_type")
 
 DAY_S = 86400.0
 WARMUP_FRACTION = 0.1
@@ -218,10 +220,13 @@ def simulate_fleet(n_devices: int, duration_s: float, interval_s: float = 1.0, s
 
 
 def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a frame as Parquet when the path ends in .parquet, else as CSV; returns the path."""
+    """Write a frame as Parquet when the path names Parquet (.parquet, .pq), else as CSV; returns the path."""
     path = Path(path)
+    kind = table_format(path)
+    if kind == "jsonl":
+        raise ValueError(f"{path}: fleet tables are written as CSV or Parquet, not JSON lines")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
+    if kind == "parquet":
         frame.to_parquet(path, index=False)
     else:
         frame.to_csv(path, index=False)
@@ -229,12 +234,8 @@ def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_frame(path: str | Path) -> pd.DataFrame:
-    """Read a frame written by ``write_frame``."""
-    path = Path(path)
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    text_columns = {name: str for name in ("event_id", "device_id", "fault_type")}
-    return pd.read_csv(path, dtype=text_columns, float_precision="round_trip")
+    """Read a frame written by ``write_frame`` (its id and fault-type columns as strings)."""
+    return read_table(path, text_columns=TEXT_COLUMNS)
 
 
 def iter_payloads(frame: pd.DataFrame, sensors: Sequence[str] = SENSORS) -> Iterator[str]:

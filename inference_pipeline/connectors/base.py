@@ -1,7 +1,7 @@
 """What a connector kind provides: a source reads raw payload batches, a sink writes result streams.
 
 A connector kind is a settings class (a pydantic model whose ``kind: Literal["<kind>"]`` field names it in the
-config) and a factory, registered in ``connectors.SOURCES`` or ``connectors.SINKS``:
+config) and a factory, registered in ``connectors.kinds`` (``SOURCES`` or ``SINKS``):
 
 - source factory ``(settings, rules) -> Source``: ``read`` produces ``list[RawEvent]`` batches; ``live`` sources
   run with streaming options and may redeliver after a restart; ``stop(True)`` (if any) asks the stream to drain
@@ -15,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import apache_beam as beam
 from pydantic import BaseModel, ConfigDict
 
 from features.schema import EventRules
 from inference_pipeline.results import Restore, ResultStream, Table
+
+if TYPE_CHECKING:
+    import apache_beam as beam
 
 class ConnectorSettings(BaseModel):
     """Base of every source and sink kind's settings."""

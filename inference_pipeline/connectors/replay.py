@@ -16,6 +16,7 @@ import pandas as pd
 from pydantic import Field
 
 from features.schema import EventRules, RawEvent, encode_events
+from features.tables import read_table, table_format, timestamps_to_epoch
 from inference_pipeline.connectors.base import ConnectorSettings, Source
 
 
@@ -36,8 +37,6 @@ class ReplaySettings(ConnectorSettings):
 def rows_to_payloads(frame: pd.DataFrame, device_column: str, timestamp_column: str, sensors: tuple[str, ...],
                      event_id_column: str | None) -> list[str]:
     """JSON event payloads for table rows (columns missing from the table fail here, naming the column)."""
-    from training.datasets import timestamps_to_epoch
-
     missing = [column for column in (device_column, timestamp_column, *sensors) if column not in frame.columns]
     if missing:
         raise ValueError(f"replay file lacks columns {missing}; it has {list(frame.columns)}")
@@ -48,12 +47,14 @@ def rows_to_payloads(frame: pd.DataFrame, device_column: str, timestamp_column: 
 
 def read_payloads(path: str | Path, device_column: str, timestamp_column: str, sensors: tuple[str, ...],
                   event_id_column: str | None) -> list[str]:
-    """All payloads of a replay file, in file order."""
+    """All payloads of a replay file, in file order: JSON lines raw (a malformed line stays as it is, to become a
+    dead letter downstream), any other table (``read_table``) row by row."""
     path = Path(path)
-    if path.suffix in (".jsonl", ".ndjson"):
+    if table_format(path) == "jsonl":
         with path.open("rb") as handle:
             return [line.rstrip(b"\r\n").decode("utf-8", errors="replace") for line in handle if line.strip()]
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, sep=None, engine="python")
+    text_columns = [column for column in (device_column, event_id_column) if column]
+    frame = read_table(path, text_columns=text_columns)
     return rows_to_payloads(frame, device_column, timestamp_column, sensors, event_id_column)
 
 

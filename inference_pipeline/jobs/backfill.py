@@ -18,7 +18,8 @@ from features.window import series_features, window_fill
 from inference_pipeline.steps.alerts import DebounceState, debounce
 from inference_pipeline.results import PredictionBatch
 from model_handlers.networks import error_to_score
-from training.datasets import read_time_series, timestamps_to_epoch
+from features.tables import timestamps_to_epoch
+from training.datasets import read_time_series
 from training.train import errors_of, fit_autoencoder
 
 LOG = logging.getLogger(__name__)

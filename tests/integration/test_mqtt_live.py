@@ -109,10 +109,10 @@ class Stream:
         self.db = folder / "results.db"
         self.folder = folder
         self.overrides = {
-            "model.uri": str(bundle_path), "sinks.path": str(self.db), "source.mqtt.port": port,
+            "model.uri": str(bundle_path), "sinks.results.path": str(self.db), "source.mqtt.port": port,
             "source.mqtt.client_id": f"iotml-it-{self.tag}", "source.mqtt.topics": [f"{self.prefix}/+/telemetry"],
             "source.mqtt.reconnect_max_s": 2, "events.known_devices": devices,
-            "sinks.alerts.topic": f"{self.prefix}/alerts", "sinks.dead_letters.topic": f"{self.prefix}/dead-letters",
+            "sinks.alert_topic.topic": f"{self.prefix}/alerts", "sinks.dead_letter_topic.topic": f"{self.prefix}/dead-letters",
             **{f"source.mqtt.{field}": value for field, value in broker.items()}}
         self.settings = MqttSettings(port=port, topics=(self.prefix,), client_id=f"iotml-it-gen-{self.tag}", **broker)
         self.runs = 0
@@ -211,7 +211,7 @@ def fleet_devices() -> list[str]:
 
 
 def test_ten_thousand_published_events_are_all_predicted(shared_broker, trained, tmp_path, fleet_devices):
-    stream = Stream(tmp_path, shared_broker[1], trained.bundle.path, fleet_devices)
+    stream = Stream(tmp_path, shared_broker[1], trained.version.path, fleet_devices)
     process, log = stream.start()
     try:
         report = stream.publish(rate=2000, seconds=5)
@@ -228,7 +228,7 @@ def test_ten_thousand_published_events_are_all_predicted(shared_broker, trained,
 
 def test_broker_restart_mid_stream_loses_nothing_and_predicts_nothing_twice(private_broker, trained, tmp_path,
                                                                              fleet_devices):
-    stream = Stream(tmp_path, private_broker.port, trained.bundle.path, fleet_devices)
+    stream = Stream(tmp_path, private_broker.port, trained.version.path, fleet_devices)
     process, log = stream.start()
     try:
         warm = stream.warm_up(process, log)
@@ -266,7 +266,7 @@ def kill_while_writing(process: subprocess.Popen, stream: Stream) -> int:
 
 def test_killed_pipeline_resumes_after_restart_with_nothing_lost_or_predicted_twice(private_broker, trained, tmp_path,
                                                                                    fleet_devices):
-    stream = Stream(tmp_path, private_broker.port, trained.bundle.path, fleet_devices)
+    stream = Stream(tmp_path, private_broker.port, trained.version.path, fleet_devices)
     first, first_log = stream.start()
     second = None
     try:
@@ -294,7 +294,7 @@ def test_killed_pipeline_resumes_after_restart_with_nothing_lost_or_predicted_tw
 
 def test_malformed_payloads_go_to_the_dead_letter_topic_and_the_stream_keeps_its_rate(shared_broker, trained,
                                                                                       tmp_path, fleet_devices):
-    stream = Stream(tmp_path, shared_broker[1], trained.bundle.path, fleet_devices)
+    stream = Stream(tmp_path, shared_broker[1], trained.version.path, fleet_devices)
     topic = DeadLetterTopic(stream)
     process, log = stream.start()
     try:
@@ -381,7 +381,7 @@ def test_tls_and_password_from_the_environment_carry_the_stream_and_bad_credenti
         secure_broker, trained, tmp_path, fleet_devices):
     broker, ca = secure_broker
     password = "plant-secret-42"
-    stream = Stream(tmp_path, broker.port, trained.bundle.path, fleet_devices, username="iotml",
+    stream = Stream(tmp_path, broker.port, trained.version.path, fleet_devices, username="iotml",
                     tls={"ca_certs": str(ca)})
     url = f"mqtts://iotml@127.0.0.1:{broker.port}/{stream.prefix}?ca_certs={ca}&connect_timeout_s=3"
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from features.schema import EventBatch, FeatureBatch
-from model_handlers.model_version import ModelBundle
+from model_handlers.contract import ModelOutput
 from model_handlers.networks import error_to_score, reconstruction_error
 from model_handlers.torch_handler import TorchAnomalyHandler
 from model_handlers.torch_model import padded_rows, resolve_device
@@ -17,36 +17,49 @@ def feature_batch(n, dim, seed):
 
 
 def test_one_forward_pass_scores_each_batch_separately(trained):
-    handler = TorchAnomalyHandler(trained.bundle, device="cpu")
+    handler = TorchAnomalyHandler(trained.version, device="cpu")
     model = handler.load_model()
-    dim = len(trained.bundle.feature_spec.feature_names)
+    dim = len(trained.version.feature_spec.feature_names)
     batches = [feature_batch(n, dim, seed) for seed, n in enumerate((3, 1, 5))]
     results = list(handler.run_inference(batches, model))
-    assert [len(r.inference[0]) for r in results] == [3, 1, 5]
-    alone = model.errors(batches[2].features)
-    assert np.allclose(results[2].inference[0], alone, rtol=1e-5)
-    assert np.allclose(results[2].inference[1], error_to_score(alone, trained.bundle.threshold))
-    assert results[0].model_id == f"{trained.bundle.name}/{trained.bundle.version}"
+    assert all(isinstance(r.inference, ModelOutput) for r in results)
+    assert [len(r.inference) for r in results] == [3, 1, 5]
+    alone = model.score(batches[2].features)
+    assert np.allclose(results[2].inference.raw_score, alone.raw_score, rtol=1e-5)
+    assert np.allclose(results[2].inference.anomaly_score, error_to_score(alone.raw_score, trained.version.threshold))
+    assert results[0].model_id == f"{trained.version.name}/{trained.version.version}"
+    assert results[0].inference.model.transform_id == trained.version.transform_id
+
+
+def test_sensor_contributions_are_each_sensors_share_of_the_error(trained):
+    model = TorchAnomalyHandler(trained.version, device="cpu").load_model()
+    spec = trained.version.feature_spec
+    features = feature_batch(6, len(spec.feature_names), 2).features
+    features[:, 0] += 50.0
+    output = model.score(features)
+    assert output.sensor_names == spec.sensors
+    assert np.allclose(output.sensor_contributions.sum(axis=1), 1.0)
+    assert (output.sensor_contributions.argmax(axis=1) == 0).all()
+    squared = model.squared_errors(features)
+    assert np.allclose(output.raw_score, squared.mean(axis=1))
 
 
 def test_forward_passes_run_on_a_few_padded_shapes_and_give_the_unpadded_errors(trained):
     sizes = range(1, 3000)
     assert len({padded_rows(n) for n in sizes}) == 5 + 2
     assert all(n <= padded_rows(n) < max(2 * n, 64 + n, n + 1024) for n in sizes)
-    model = TorchAnomalyHandler(trained.bundle, device="cpu").load_model()
-    features = feature_batch(37, len(trained.bundle.feature_spec.feature_names), 4).features
+    model = TorchAnomalyHandler(trained.version, device="cpu").load_model()
+    features = feature_batch(37, len(trained.version.feature_spec.feature_names), 4).features
     with torch.inference_mode():
         unpadded = reconstruction_error(model.network, torch.from_numpy(features)).numpy()
-    assert model.errors(features).shape == (37,)
-    assert np.allclose(model.errors(features), unpadded, rtol=1e-5, atol=1e-7)
+    assert model.score(features).raw_score.shape == (37,)
+    assert np.allclose(model.score(features).raw_score, unpadded, rtol=1e-5, atol=1e-7)
 
 
-def test_bundle_weights_are_safetensors_not_pickles(trained):
-    files = {p.name for p in trained.bundle.path.iterdir()}
-    assert {"model.safetensors", "model.json", "transform"} <= files
+def test_weights_are_safetensors_not_pickles(trained):
+    files = {p.name for p in trained.version.path.iterdir()}
+    assert "model.safetensors" in files
     assert not any(name.endswith((".pt", ".pkl", ".pickle")) for name in files)
-    reopened = ModelBundle.open(trained.bundle.path)
-    assert reopened.feature_spec == trained.bundle.feature_spec
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
@@ -59,12 +72,12 @@ def test_gpu_requested_without_cuda_fails_clearly():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_inference_matches_cpu(trained):
-    dim = len(trained.bundle.feature_spec.feature_names)
+    dim = len(trained.version.feature_spec.feature_names)
     batch = [feature_batch(64, dim, 1)]
-    cpu = TorchAnomalyHandler(trained.bundle, device="cpu")
-    gpu = TorchAnomalyHandler(trained.bundle, device="gpu")
+    cpu = TorchAnomalyHandler(trained.version, device="cpu")
+    gpu = TorchAnomalyHandler(trained.version, device="gpu")
     gpu_model = gpu.load_model()
     assert gpu_model.device.type == "cuda"
-    expected = list(cpu.run_inference(batch, cpu.load_model()))[0].inference[0]
-    got = list(gpu.run_inference(batch, gpu_model))[0].inference[0]
+    expected = list(cpu.run_inference(batch, cpu.load_model()))[0].inference.raw_score
+    got = list(gpu.run_inference(batch, gpu_model))[0].inference.raw_score
     assert np.allclose(got, expected, rtol=1e-4, atol=1e-6)

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.tables import timestamps_to_epoch
 from training.datasets import (
     SKAB_SENSORS,
     load_ai4i,
     load_skab,
     read_time_series,
-    timestamps_to_epoch,
 )
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

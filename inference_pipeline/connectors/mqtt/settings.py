@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from inference_pipeline.connectors.base import ConnectorSettings, SinkSettings
 
@@ -131,20 +131,26 @@ class ReadLimits:
     close_linger_s: float = 30.0
 
 
+class SubscriptionSettings(MqttSettings):
+    """The source's broker settings: at least one topic filter; the payload limit is ``events.max_payload_bytes``."""
+
+    topics: tuple[str, ...] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_payload_limit(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "max_payload_bytes" in data:
+            raise ValueError("max_payload_bytes: set the payload limit once, as events.max_payload_bytes")
+        return data
+
+
 class MqttSourceSettings(ConnectorSettings):
     """``source.kind: mqtt``: a persistent QoS 1 subscription (``mqtt``: broker, topics, session) read in batches
     (``read``: batching, watermark and stop settings)."""
 
     kind: Literal["mqtt"] = "mqtt"
-    mqtt: MqttSettings
+    mqtt: SubscriptionSettings
     read: ReadLimits = ReadLimits()
-
-    @field_validator("mqtt")
-    @classmethod
-    def _has_topics(cls, mqtt: MqttSettings) -> MqttSettings:
-        if not mqtt.topics:
-            raise ValueError("topics: give at least one topic filter")
-        return mqtt
 
 
 class MqttSinkSettings(SinkSettings):

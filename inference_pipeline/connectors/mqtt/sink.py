@@ -117,11 +117,11 @@ class MqttSink(Sink):
         broker = settings.mqtt or (context.source.mqtt if isinstance(context.source, MqttSourceSettings) else None)
         if broker is None:
             raise ValueError("mqtt: broker settings are required (there is no MQTT source to share)")
-        self._broker = broker
+        self.broker = broker
         self._settings = settings
 
     def write(self, table: Table) -> beam.PTransform:
-        return PublishRows(table, self._broker, self._settings.topic, self._settings.qos)
+        return PublishRows(table, self.broker, self._settings.topic, self._settings.qos)
 
 
 @beam.ptransform_fn

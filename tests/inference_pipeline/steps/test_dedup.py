@@ -6,9 +6,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from features.schema import EventBatch
-from inference_pipeline.steps.dedup import DropDuplicates, PredictedIds, SeenIds, drop_seen, id_hashes
 from inference_pipeline.builder import LOCAL_RUNNER
-from inference_pipeline.connectors.sqlite import WritePredictions, connect
+from inference_pipeline.steps.dedup import DropDuplicates, SeenIds, drop_seen, id_hashes
 
 
 def batch(device: str, ids: list[str], ts: list[float]) -> EventBatch:
@@ -46,31 +45,16 @@ def test_an_id_older_than_what_is_kept_passes_again():
     assert again.event_ids.tolist() == ["old"] and not dups
 
 
-def _prediction_rows(db, device, rows):
-    with connect(db) as connection:
-        connection.executemany(
-            "INSERT INTO predictions VALUES (?, ?, ?, 0, 0, 0, 0, 0.5, 0, 30, 'm', '1')",
-            [(event_id, device, ts) for event_id, ts in rows])
+def test_pipeline_counts_duplicates_and_restores_what_the_sink_already_predicted():
+    def already_predicted(device_id: str, since: float) -> list[tuple[str, float]]:
+        return [("p1", 10.0)] if device_id == "d1" else []
 
-
-def test_predicted_ids_come_back_from_the_sink_newest_first_within_limit(tmp_path):
-    db = tmp_path / "results.db"
-    assert PredictedIds(db, 10)("d", 0.0) == []
-    _prediction_rows(db, "d", [("x", 1.0), ("y", 2.0), ("z", 3.0)])
-    _prediction_rows(db, "other", [("w", 2.5)])
-    assert PredictedIds(db, 2)("d", 0.0) == [("y", 2.0), ("z", 3.0)]
-    assert PredictedIds(db, 10)("d", 2.5) == [("z", 3.0)]
-
-
-def test_pipeline_counts_duplicates_and_restores_what_the_sink_already_predicted(tmp_path):
-    db = tmp_path / "results.db"
-    _prediction_rows(db, "d1", [("p1", 10.0)])
     batches = [("d1", batch("d1", ["p1", "e1", "e2"], [10.0, 11.0, 12.0])),
                ("d1", batch("d1", ["e2", "e3"], [12.0, 13.0])),
                ("d2", batch("d2", ["p1"], [10.0]))]
     pipeline = beam.Pipeline(options=PipelineOptions(runner=LOCAL_RUNNER))
     unique = (pipeline | beam.Create(batches)
-              | DropDuplicates(horizon_s=60, max_ids=100, restore=PredictedIds(db, 100)))
+              | DropDuplicates(horizon_s=60, max_ids=100, restore=already_predicted))
     kept = unique.events | beam.FlatMap(lambda kv: kv[1].event_ids.tolist())
     assert_that(kept, equal_to(["e1", "e2", "e3", "p1"]), label="FirstSightings")
     assert_that(unique.duplicates | beam.Map(lambda d: (d.device_id, d.event_id)),
@@ -79,15 +63,3 @@ def test_pipeline_counts_duplicates_and_restores_what_the_sink_already_predicted
     result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter().with_name("duplicates"))["counters"]
     assert sum(c.committed for c in counters) == 2
-
-
-def test_sink_rows_written_by_the_pipeline_are_what_restore_reads(tmp_path):
-    from inference_pipeline.results import PredictionBatch
-
-    db = tmp_path / "results.db"
-    ids = np.asarray(["a", "b"], dtype=object)
-    prediction = PredictionBatch("d", ids, np.array([1.0, 2.0]), np.array([1.0, 2.0]), 3.0, np.zeros(2),
-                                 np.zeros(2), 0.5, np.array([30, 30]), 30, "m", "1")
-    with beam.Pipeline(options=PipelineOptions(runner=LOCAL_RUNNER)) as pipeline:
-        _ = pipeline | beam.Create([("d", prediction)]) | WritePredictions(db)
-    assert PredictedIds(db, 10)("d", 0.0) == [("a", 1.0), ("b", 2.0)]

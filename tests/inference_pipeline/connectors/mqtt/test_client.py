@@ -1,12 +1,13 @@
 """MQTT deployment config: typed broker settings, secrets from the environment, one payload limit, clear errors."""
-from pathlib import Path
-
 import pytest
 
 from inference_pipeline.config import ConfigError, load_config
+from tests.conftest import REPO
+from inference_pipeline.connectors.base import SinkContext
+from inference_pipeline.connectors.mqtt.sink import MqttSink
 from inference_pipeline.connectors.mqtt.settings import MqttSettings
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = REPO / "configs"
 MQTT_CONFIG = CONFIGS / "mqtt.yaml"
 
 
@@ -14,9 +15,11 @@ def test_the_shipped_mqtt_config_reads_a_persistent_qos1_session_and_publishes_t
     config = load_config(MQTT_CONFIG)
     mqtt = config.source.mqtt
     assert config.source.kind == "mqtt" and mqtt.qos == 1 and not mqtt.clean_start and mqtt.topics
-    assert config.sinks.kind == "sqlite"
-    for sink in (config.sinks.alerts, config.sinks.dead_letters):
-        assert sink.kind == "mqtt" and config.broker(sink) == mqtt
+    assert config.sinks["results"].kind == "sqlite"
+    context = SinkContext(config.work_path, config.source)
+    for name, stream in (("alert_topic", "alerts"), ("dead_letter_topic", "dead_letters")):
+        sink = config.sinks[name]
+        assert sink.kind == "mqtt" and sink.results == (stream,) and MqttSink(sink, context).broker == mqtt
 
 
 def test_password_comes_from_the_environment_and_never_shows(monkeypatch):
@@ -43,8 +46,9 @@ def test_tls_settings_come_from_config_and_mqtts_urls():
     ({"source.mqtt.topics": []}, "source.mqtt.topics"),
     ({"source.mqtt.qos": 2}, "source.mqtt.qos"),
     ({"source.mqtt.max_payload_bytes": 1024}, "events.max_payload_bytes"),
-    ({"source.kind": "replay", "source.mqtt": None, "source.path": "x.jsonl"}, "sinks.alerts.mqtt"),
-    ({"sinks.dead_letters": {"kind": "kafka", "topic": "t"}}, "sinks.dead_letters.kind"),
+    ({"source": {"kind": "replay", "path": "x.jsonl"}}, "sinks.alert_topic.mqtt"),
+    ({"sinks.dead_letter_topic": {"kind": "kafka", "topic": "t"}}, "sinks.dead_letter_topic.kind"),
+    ({"sinks.alert_topic.results": ["alarms"]}, "sinks.alert_topic.results.0"),
     ({"source.read": {"batch_window": 1}}, "source.read.batch_window"),
 ])
 def test_bad_mqtt_settings_fail_naming_the_field(overrides, field):
@@ -56,5 +60,5 @@ def test_bad_mqtt_settings_fail_naming_the_field(overrides, field):
 def test_pubsub_config_names_subscription_and_topics():
     config = load_config(CONFIGS / "pubsub.yaml")
     assert config.source.kind == "pubsub" and config.source.subscription.startswith("projects/")
-    assert config.sinks.alerts.kind == config.sinks.dead_letters.kind == "pubsub"
+    assert config.sinks["alert_topic"].kind == config.sinks["dead_letter_topic"].kind == "pubsub"
     assert config.pipeline_options["runner"] == "DataflowRunner" and not config.dedup.restore_from_sink

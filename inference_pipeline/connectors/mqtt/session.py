@@ -1,0 +1,184 @@
+"""The one MQTT connection a client id has in this process, shared by the successive readers that use it: the
+connection runs in a receiver child process, a collector thread here queues the deliveries it forwards, readers
+``take`` batches from that queue and ``give_back`` what they read but never checkpointed, committed bundles send
+their PUBACKs through ``ack``, and ``release`` disconnects once no reader holds the session and no ack is pending
+(or after a linger)."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+from inference_pipeline.connectors.mqtt.receiver import read_frame, start_receiver, write_frame
+from inference_pipeline.connectors.mqtt.settings import MqttSettings
+
+_LOGGER = logging.getLogger(__name__)
+
+# One ack: (connection epoch, packet id) of a QoS 1 delivery.
+Ack = tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Delivery:
+    """One message as the receiver forwarded it (see ``mqtt_receiver.Delivery``)."""
+
+    payload: bytes
+    received_at: float
+    mid: int
+    qos: int
+    epoch: int
+
+
+class _Session:
+    """The one connection of a client id in this process, shared by successive readers.
+
+    The connection itself lives in a receiver process (``mqtt_receiver``); a collector thread here queues what it
+    forwards. Acks go back to it, and it drops those of an older connection epoch.
+    """
+
+    _registry: dict[str, "_Session"] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, settings: MqttSettings):
+        self.settings = settings
+        self.token = uuid.uuid4().hex
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Delivery] = collections.deque()
+        self._returned: list[_Delivery] = []
+        self._refs = 0
+        self._unacked = 0
+        self._closing = False
+        self._closed = False
+        self._receiver_gone = False
+        self._receiver = start_receiver(settings)
+        self._write_lock = threading.Lock()
+        threading.Thread(target=self._collect, name=f"mqtt-collect-{settings.client_id}", daemon=True).start()
+
+    @classmethod
+    def acquire(cls, settings: MqttSettings) -> "_Session":
+        """The live session for ``settings.client_id``, opened if needed (two clients of one id evict each other)."""
+        with cls._registry_lock:
+            session = cls._registry.get(settings.client_id)
+            if session is None or session._closed:
+                session = cls(settings)
+                cls._registry[settings.client_id] = session
+            elif session.settings != settings:
+                _LOGGER.warning("MQTT client id %s is already open with other settings; reusing it", settings.client_id)
+            with session._cond:
+                session._refs += 1
+                session._closing = False
+            return session
+
+    @classmethod
+    def lookup(cls, client_id: str, token: str) -> "_Session | None":
+        with cls._registry_lock:
+            session = cls._registry.get(client_id)
+        return session if session is not None and session.token == token else None
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                batch = read_frame(self._receiver.stdout)
+            except (EOFError, OSError, ValueError):
+                break
+            with self._cond:
+                self._queue.extend(_Delivery(*delivery) for delivery in batch)
+                self._cond.notify_all()
+        with self._cond:
+            self._receiver_gone = True
+            self._cond.notify_all()
+        if not self._closed:
+            _LOGGER.error("MQTT receiver of %s exited (code %s)", self.settings.client_id, self._receiver.wait())
+
+    def _wait_for_delivery(self, until: float) -> bool:
+        """With the lock held: whether a delivery is queued by ``until`` (monotonic seconds)."""
+        while not self._queue:
+            if self._receiver_gone:
+                raise ConnectionError(f"MQTT receiver of {self.settings.client_id} is gone")
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            self._cond.wait(left)
+        return True
+
+    def take(self, timeout: float, limit: int, window_s: float, gap_s: float) -> list[_Delivery]:
+        """Up to ``limit`` deliveries (redeliveries of failed readers first): waits ``timeout`` seconds for the
+        first, then gathers for up to ``window_s`` more, stopping early after ``gap_s`` without a message."""
+        with self._cond:
+            taken, self._returned = self._returned[:limit], self._returned[limit:]
+            if not taken and not self._wait_for_delivery(time.monotonic() + timeout):
+                return []
+            window_end = time.monotonic() + window_s
+            fresh: list[_Delivery] = []
+            while True:
+                while self._queue and len(taken) + len(fresh) < limit:
+                    fresh.append(self._queue.popleft())
+                if len(taken) + len(fresh) >= limit:
+                    break
+                if not self._wait_for_delivery(min(time.monotonic() + gap_s, window_end)):
+                    break
+            self._unacked += sum(1 for delivery in fresh if delivery.qos)
+        return taken + fresh
+
+    def give_back(self, deliveries: Sequence[_Delivery]) -> None:
+        """Re-offer deliveries that a reader read but never checkpointed (its bundle failed)."""
+        with self._cond:
+            self._returned[:0] = deliveries
+
+    def ack(self, acks: Sequence[Ack]) -> None:
+        """PUBACK these messages (the receiver skips those of an earlier connection: the broker resent them)."""
+        try:
+            with self._write_lock:
+                write_frame(self._receiver.stdin, list(acks))
+        except (BrokenPipeError, ValueError):
+            _LOGGER.warning("MQTT receiver of %s is gone; %d messages will be redelivered", self.settings.client_id,
+                            len(acks))
+        with self._cond:
+            self._unacked = max(0, self._unacked - len(acks))
+            done = self._closing and self._refs == 0 and self._unacked == 0
+        if done:
+            self._close()
+
+    def release(self, linger_s: float) -> None:
+        """Drop a reader's reference; disconnect once pending acks are in, or after ``linger_s``."""
+        with self._cond:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            self._closing = True
+            pending = self._unacked
+        if pending == 0:
+            self._close()
+            return
+        timer = threading.Timer(linger_s, self._close_if_unused)
+        timer.daemon = True
+        timer.start()
+
+    def _close_if_unused(self) -> None:
+        with self._cond:
+            unused = self._closing and self._refs == 0
+        if unused:
+            self._close()
+
+    def _close(self) -> None:
+        with self._registry_lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._registry.get(self.settings.client_id) is self:
+                del self._registry[self.settings.client_id]
+        try:
+            with self._write_lock:
+                write_frame(self._receiver.stdin, None)
+                self._receiver.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+        try:
+            self._receiver.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._receiver.kill()
