@@ -18,11 +18,11 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from features.scaling import ScaleFeatures
-from features.schema import DeadLetter, EventRules, FeatureBatch
+from features.schema import DeadLetter, EventRules
 from features.streaming import DeviceFeatures
 from inference_pipeline.config import Config
-from inference_pipeline.connectors.kinds import SINKS, SOURCES
 from inference_pipeline.connectors.base import Sink, SinkContext, Source
+from inference_pipeline.connectors.kinds import SINKS, SOURCES
 from inference_pipeline.results import TABLES
 from inference_pipeline.steps.alerts import AlertSettings, DebounceAlerts
 from inference_pipeline.steps.dedup import DropDuplicates

@@ -85,8 +85,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from inference_pipeline.jobs.main_job import run_main_job
     from inference_pipeline.evaluation.report import format_summary
+    from inference_pipeline.jobs.main_job import run_main_job
 
     config = _config(args, {"simulation.devices": args.devices, "simulation.duration_s": args.duration})
     summary = run_main_job(config, promote=args.promote)

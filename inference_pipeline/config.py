@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from features.spec import FeatureSpec
-from inference_pipeline.connectors.kinds import SINKS, SOURCES
 from inference_pipeline.connectors.base import ConnectorSettings, SinkContext, SinkSettings
+from inference_pipeline.connectors.kinds import SINKS, SOURCES
 from inference_pipeline.connectors.replay import ReplaySettings
 from inference_pipeline.connectors.sqlite import SqliteSettings
 from inference_pipeline.steps.alerts import AlertSettings

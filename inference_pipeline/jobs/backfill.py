@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.window import series_features, window_fill
-from inference_pipeline.steps.alerts import DebounceState, debounce
-from inference_pipeline.results import PredictionBatch
-from model_handlers.networks import error_to_score
 from features.tables import timestamps_to_epoch
+from features.window import series_features, window_fill
+from inference_pipeline.results import PredictionBatch
+from inference_pipeline.steps.alerts import DebounceState, debounce
+from model_handlers.networks import error_to_score
 from training.datasets import read_time_series
 from training.train import errors_of, fit_autoencoder
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pandas as pd
 
-from inference_pipeline.evaluation import accuracy, report
 from inference_pipeline.builder import pipeline_options
 from inference_pipeline.config import Config, ConfigError
 from inference_pipeline.connectors.replay import ReplaySettings
 from inference_pipeline.connectors.sqlite import results_path
+from inference_pipeline.evaluation import accuracy, report
 from inference_pipeline.runtime.run import event_rules, run_pipeline
 from model_handlers.model_version import ModelVersion
 from model_handlers.resolve import parse_model_uri, resolve_model_version

@@ -18,8 +18,8 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from features.schema import DeadLetter
-from inference_pipeline.steps.dedup import METRICS_NAMESPACE, Duplicate
 from inference_pipeline.results import PredictionBatch
+from inference_pipeline.steps.dedup import METRICS_NAMESPACE, Duplicate
 
 LOG = logging.getLogger(__name__)
 LOG_EVERY_S = 5.0

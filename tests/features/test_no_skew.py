@@ -3,8 +3,8 @@ import os
 import pickle
 import uuid
 
-import numpy as np
 import apache_beam as beam
+import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream as EventStream
 
@@ -12,8 +12,8 @@ from features.scaling import ScaleFeatures
 from features.schema import EventRules, RawEvent
 from features.spec import FeatureSpec
 from features.streaming import DeviceFeatures
-from inference_pipeline.steps.parse import ParseEvents
 from inference_pipeline.builder import LOCAL_RUNNER
+from inference_pipeline.steps.parse import ParseEvents
 from training.feature_pipeline import batch_features, device_batches, run_feature_pipeline
 from training.simulate import SENSORS, iter_payloads, simulate_fleet, write_frame
 

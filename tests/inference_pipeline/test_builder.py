@@ -16,9 +16,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from features.scaling import ScaleFeatures
 from features.schema import DeadLetterReason, RawEvent
-from inference_pipeline.connectors import kinds as connector_kinds
 from inference_pipeline.builder import LOCAL_RUNNER, create_pipeline
 from inference_pipeline.config import ConfigError, load_config
+from inference_pipeline.connectors import kinds as connector_kinds
 from inference_pipeline.connectors.base import ConnectorSettings, Sink, SinkSettings, Source
 from inference_pipeline.connectors.replay import ReplaySettings
 from inference_pipeline.connectors.sqlite import SqliteSettings

@@ -24,8 +24,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from inference_pipeline.jobs.loadgen import PublishReport, publish_fleet
 from inference_pipeline.connectors.mqtt.settings import MqttSettings
+from inference_pipeline.jobs.loadgen import PublishReport, publish_fleet
 from training.simulate import simulate_fleet
 
 pytestmark = pytest.mark.services

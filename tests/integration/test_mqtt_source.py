@@ -24,11 +24,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from features.schema import RawEvent, event_payload
-from inference_pipeline.connectors.mqtt.sink import PublishToMqtt
 from inference_pipeline.connectors.mqtt.checkpoint import MqttCheckpointMarkCoder
-from inference_pipeline.connectors.mqtt.source import MqttSource, ReadFromMqtt
 from inference_pipeline.connectors.mqtt.client import connect_in_background, create_client
 from inference_pipeline.connectors.mqtt.settings import MqttSettings, ReadLimits
+from inference_pipeline.connectors.mqtt.sink import PublishToMqtt
+from inference_pipeline.connectors.mqtt.source import MqttSource, ReadFromMqtt
 
 REPO = Path(__file__).resolve().parents[2]
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"

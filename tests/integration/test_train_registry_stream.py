@@ -1,8 +1,8 @@
 """Train -> MLflow registry -> resolve champion -> stream, against the embedded MLflow store."""
 from mlflow import MlflowClient
 
-from inference_pipeline.jobs.main_job import model_name
 from inference_pipeline.builder import pipeline_options
+from inference_pipeline.jobs.main_job import model_name
 from model_handlers.resolve import resolve_model_version
 from training.register import CHAMPION, register_run
 from training.workflow import EVAL_METRIC, train_and_register

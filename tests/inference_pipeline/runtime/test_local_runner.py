@@ -9,8 +9,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
-from inference_pipeline.runtime.local_runner import prepare_local_runner
 from inference_pipeline.builder import LOCAL_RUNNER
+from inference_pipeline.runtime.local_runner import prepare_local_runner
 
 BUNDLES = 1500
 

@@ -1,11 +1,11 @@
-import numpy as np
 import apache_beam as beam
+import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream as EventStream
 from apache_beam.testing.util import assert_that, equal_to
 
-from inference_pipeline.steps.alerts import DebounceAlerts, DebounceState, debounce
 from inference_pipeline.results import PredictionBatch
+from inference_pipeline.steps.alerts import DebounceAlerts, DebounceState, debounce
 
 
 def batch(scores, start=0.0, device="pump-1", fill=30):

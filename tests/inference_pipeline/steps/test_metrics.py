@@ -4,9 +4,9 @@ import time
 import numpy as np
 
 from features.schema import DeadLetter
+from inference_pipeline.results import PredictionBatch
 from inference_pipeline.steps.dedup import Duplicate
 from inference_pipeline.steps.metrics import Tally
-from inference_pipeline.results import PredictionBatch
 
 
 def test_an_interval_is_reported_once_it_has_lasted_and_then_starts_over():

@@ -2,10 +2,10 @@
 import pytest
 
 from inference_pipeline.config import ConfigError, load_config
-from tests.conftest import REPO
 from inference_pipeline.connectors.base import SinkContext
-from inference_pipeline.connectors.mqtt.sink import MqttSink
 from inference_pipeline.connectors.mqtt.settings import MqttSettings
+from inference_pipeline.connectors.mqtt.sink import MqttSink
+from tests.conftest import REPO
 
 CONFIGS = REPO / "configs"
 MQTT_CONFIG = CONFIGS / "mqtt.yaml"
@@ -62,3 +62,13 @@ def test_pubsub_config_names_subscription_and_topics():
     assert config.source.kind == "pubsub" and config.source.subscription.startswith("projects/")
     assert config.sinks["alert_topic"].kind == config.sinks["dead_letter_topic"].kind == "pubsub"
     assert config.pipeline_options["runner"] == "DataflowRunner" and not config.dedup.restore_from_sink
+
+
+def test_from_url_and_coerce():
+    s = MqttSettings.from_url("mqtt://ops@broker.local:1884/plant/+/telemetry?client_id=iotml-1")
+    assert (s.host, s.port, s.username, s.client_id) == ("broker.local", 1884, "ops", "iotml-1")
+    assert s.topics == ("plant/+/telemetry",)
+    assert MqttSettings.from_url("mqtts://h/x?client_id=c").port == 8883
+    assert MqttSettings.coerce({"client_id": "c", "topics": ["a/#"]}).topics == ("a/#",)
+    with pytest.raises(ValueError):
+        MqttSettings.coerce({"client_id": "c", "bogus": 1})
