@@ -5,14 +5,19 @@ Wire format (one JSON object per message)::
     {"device_id": "pump-003", "ts": 1767225600.0, "event_id": "pump-003-42",
      "readings": {"flow_rate": 101.3, "pressure": 4.1, ...}}
 
-``ts`` is epoch seconds (number) or an ISO-8601 string; ``event_id`` is optional (derived from device and time when
-absent). Every sensor named in the feature spec must be present, numeric and finite.
+``ts`` is epoch seconds (number) or an ISO-8601 string; ``event_id`` is optional (derived from device, time and
+readings when absent). Every sensor named in the feature spec must be present, numeric, finite and within
+``EventRules.max_abs_reading``; ``ts`` must lie between ``EventRules.min_timestamp`` and the clock plus
+``max_future_s``; ``device_id`` and ``event_id`` must be valid Unicode. Anything else is a dead letter with its reason,
+never an exception: one bad message costs one dead letter.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import struct
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
@@ -27,7 +32,9 @@ class DeadLetterReason:
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"
     NON_FINITE = "non_finite"
+    OUT_OF_RANGE = "out_of_range"
     FUTURE_TIMESTAMP = "future_timestamp"
+    IMPLAUSIBLE_TIMESTAMP = "implausible_timestamp"
     UNKNOWN_DEVICE = "unknown_device"
     INFERENCE_ERROR = "inference_error"
 
@@ -86,6 +93,8 @@ class EventRules:
     known_devices: frozenset[str] | None = None
     max_future_s: float = 300.0
     max_payload_bytes: int = 65536
+    min_timestamp: float = 946684800.0
+    max_abs_reading: float = 1e9
 
 
 class EventError(ValueError):
@@ -97,25 +106,54 @@ class EventError(ValueError):
         self.device_id = device_id
 
 
+def _as_float(value: int | float, what: str) -> float:
+    """A JSON number as a float; an integer too large for one is out of range, not a crash."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise EventError(DeadLetterReason.OUT_OF_RANGE, f"{what} is too large for a number: {str(value)[:20]}...") \
+            from None
+    if not math.isfinite(number):
+        raise EventError(DeadLetterReason.NON_FINITE, f"{what} is not finite")
+    return number
+
+
 def parse_timestamp(value: object) -> float:
     """Epoch seconds from a number or an ISO-8601 string (naive strings are UTC)."""
     if isinstance(value, bool):
         raise EventError(DeadLetterReason.WRONG_TYPE, f"field 'ts' must be a number or ISO-8601 string, got {value!r}")
     if isinstance(value, (int, float)):
-        ts = float(value)
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise EventError(DeadLetterReason.WRONG_TYPE, f"field 'ts' is not ISO-8601: {value!r}") from exc
+        return _as_float(value, "field 'ts'")
+    if not isinstance(value, str):
+        raise EventError(DeadLetterReason.WRONG_TYPE,
+                         f"field 'ts' must be a number or ISO-8601 string, got {type(value).__name__}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
-        ts = parsed.timestamp()
-    else:
-        raise EventError(DeadLetterReason.WRONG_TYPE, f"field 'ts' must be a number or ISO-8601 string, got {type(value).__name__}")
-    if not math.isfinite(ts):
-        raise EventError(DeadLetterReason.NON_FINITE, "field 'ts' is not finite")
-    return ts
+        return parsed.timestamp()
+    except (ValueError, OverflowError) as exc:
+        raise EventError(DeadLetterReason.WRONG_TYPE, f"field 'ts' is not ISO-8601: {value[:64]!r}") from exc
+
+
+def _text_field(obj: dict, field: str, device_id: str | None = None) -> str:
+    """A string field that must be non-empty valid Unicode (JSON can carry lone surrogates, which no sink can
+    encode)."""
+    value = obj[field]
+    if not isinstance(value, str) or not value:
+        raise EventError(DeadLetterReason.WRONG_TYPE, f"field '{field}' must be a non-empty string", device_id)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventError(DeadLetterReason.WRONG_TYPE, f"field '{field}' is not valid Unicode", device_id) from None
+    return value
+
+
+def default_event_id(device_id: str, ts: float, values: list[float]) -> str:
+    """The id of an event sent without one: device, time and a digest of its readings, so a resent copy keeps its
+    id while two different events at the same time stay apart."""
+    digest = hashlib.blake2b(struct.pack(f"<{len(values)}d", *values), digest_size=4).hexdigest()
+    return f"{device_id}@{ts:.6f}#{digest}"
 
 
 def validate_event(obj: object, rules: EventRules, now: float) -> tuple[str, str, float, list[float]]:
@@ -125,9 +163,7 @@ def validate_event(obj: object, rules: EventRules, now: float) -> tuple[str, str
     for field in ("device_id", "ts", "readings"):
         if field not in obj:
             raise EventError(DeadLetterReason.MISSING_FIELD, f"missing field '{field}'")
-    device_id = obj["device_id"]
-    if not isinstance(device_id, str) or not device_id:
-        raise EventError(DeadLetterReason.WRONG_TYPE, "field 'device_id' must be a non-empty string")
+    device_id = _text_field(obj, "device_id")
     ts = parse_timestamp(obj["ts"])
     if ts > now + rules.max_future_s:
         raise EventError(
@@ -135,6 +171,10 @@ def validate_event(obj: object, rules: EventRules, now: float) -> tuple[str, str
             f"event time {ts:.3f} is {ts - now:.0f} s ahead of the clock (limit {rules.max_future_s:.0f} s)",
             device_id,
         )
+    if ts < rules.min_timestamp:
+        raise EventError(DeadLetterReason.IMPLAUSIBLE_TIMESTAMP,
+                         f"event time {ts:.3f} is before {rules.min_timestamp:.0f} (no plausible device clock)",
+                         device_id)
     if rules.known_devices is not None and device_id not in rules.known_devices:
         raise EventError(DeadLetterReason.UNKNOWN_DEVICE, f"unknown device '{device_id}'", device_id)
     readings = obj["readings"]
@@ -146,20 +186,23 @@ def validate_event(obj: object, rules: EventRules, now: float) -> tuple[str, str
             raise EventError(DeadLetterReason.MISSING_FIELD, f"missing reading '{sensor}'", device_id)
         value = readings[sensor]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise EventError(DeadLetterReason.WRONG_TYPE, f"reading '{sensor}' must be a number, got {value!r}", device_id)
-        if not math.isfinite(value):
-            raise EventError(DeadLetterReason.NON_FINITE, f"reading '{sensor}' is not finite", device_id)
-        values.append(float(value))
-    event_id = obj.get("event_id")
-    if event_id is None:
-        event_id = f"{device_id}@{ts:.6f}"
-    elif not isinstance(event_id, str):
-        raise EventError(DeadLetterReason.WRONG_TYPE, "field 'event_id' must be a string", device_id)
+            raise EventError(DeadLetterReason.WRONG_TYPE,
+                             f"reading '{sensor}' must be a number, got {repr(value)[:64]}", device_id)
+        number = _as_float(value, f"reading '{sensor}'")
+        if abs(number) > rules.max_abs_reading:
+            raise EventError(DeadLetterReason.OUT_OF_RANGE,
+                             f"reading '{sensor}' = {number:.6g} is beyond +/-{rules.max_abs_reading:.6g}", device_id)
+        values.append(number)
+    event_id = default_event_id(device_id, ts, values) if obj.get("event_id") is None else \
+        _text_field(obj, "event_id", device_id)
     return device_id, event_id, ts, values
 
 
-def _payload_text(payload: bytes | str) -> str:
-    return payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+def payload_text(payload: bytes | str) -> str:
+    """A payload as text any sink can store: invalid UTF-8 replaced, lone surrogates escaped."""
+    if isinstance(payload, bytes):
+        return payload.decode("utf-8", errors="replace")
+    return payload.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def parse_events(raws: Iterable[RawEvent], rules: EventRules, now: float) -> tuple[list[EventBatch], list[DeadLetter]]:
@@ -175,9 +218,11 @@ def parse_events(raws: Iterable[RawEvent], rules: EventRules, now: float) -> tup
                 obj = json.loads(payload)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise EventError(DeadLetterReason.BAD_JSON, f"invalid JSON: {exc}") from exc
+            except RecursionError:
+                raise EventError(DeadLetterReason.BAD_JSON, "invalid JSON: nested too deeply") from None
             device_id, event_id, ts, values = validate_event(obj, rules, now)
         except EventError as err:
-            text = _payload_text(payload)[: rules.max_payload_bytes]
+            text = payload_text(payload)[: rules.max_payload_bytes]
             dead.append(DeadLetter(err.reason, str(err), text, raw.received_at, err.device_id))
             continue
         cols = columns.setdefault(device_id, ([], [], [], []))

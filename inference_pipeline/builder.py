@@ -59,11 +59,13 @@ class StreamingGraph:
     source: Source
 
 
-def _failed_inference(element: tuple[list, tuple]) -> Iterator[DeadLetter]:
-    """A batch the model failed on: every event in it becomes a dead letter, so counts still reconcile."""
-    batch, (_, error, _) = element
+def _failed_inference(element: tuple[list, tuple], sensors: tuple[str, ...]) -> Iterator[DeadLetter]:
+    """A batch the model failed on: every event in it becomes a dead letter, so counts still reconcile. The detail
+    is the exception's one-line summary (the last line of its traceback)."""
+    batch, (_, _, trace) = element
+    detail = trace[-1].strip().replace("\n", " ") if trace else "inference failed"
     for device_id, features in batch:
-        yield from batch_dead_letters(features, error, device_id)
+        yield from batch_dead_letters(features, detail, device_id, sensors)
 
 
 class ScoreEvents(beam.PTransform):
@@ -87,9 +89,10 @@ class ScoreEvents(beam.PTransform):
                                                              artifact_id=version.transform_id)
         inferred, failed = scaled | "RunInference" >> RunInference(
             keyed_handler(self._model, version)).with_exception_handling()
-        scored = inferred | "Score" >> ScorePredictions(alerting.threshold, spec.window)
+        scored = inferred | "Score" >> ScorePredictions(alerting.threshold, spec)
         alerts = scored.predictions | "Alerts" >> DebounceAlerts(alerting.open_after, alerting.close_after)
-        inference_errors = failed.failed_inferences | "InferenceErrors" >> beam.FlatMap(_failed_inference)
+        inference_errors = failed.failed_inferences | "InferenceErrors" >> beam.FlatMap(_failed_inference,
+                                                                                          spec.sensors)
         dead = {"Parse": parsed.dead_letters, "Inference": inference_errors, "Score": scored.dead_letters}
         return Outputs(scored.predictions, alerts, dead, unique.duplicates)
 

@@ -170,4 +170,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects FIELD=VALUE, got {text!r}")
     dotted, raw = text.split("=", 1)
-    return dotted.strip(), yaml.safe_load(raw)
+    try:
+        return dotted.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError(f"--set {dotted.strip()}: the value is not valid YAML ({problem})") from None

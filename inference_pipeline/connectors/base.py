@@ -5,7 +5,8 @@ config) and a factory, registered in ``connectors.kinds`` (``SOURCES`` or ``SINK
 
 - source factory ``(settings, rules) -> Source``: ``read`` produces ``list[RawEvent]`` batches; ``live`` sources
   run with streaming options and may redeliver after a restart; ``stop(True)`` (if any) asks the stream to drain
-  gracefully, ``stop(False)`` lets a new stream run again.
+  gracefully, ``stop(False)`` lets a new stream run again; ``check()`` (if any) raises ConnectionError when the
+  external system cannot be reached, so a run fails at start instead of retrying forever.
 - sink factory ``(settings, context) -> Sink``: ``write(table)`` consumes one result stream (``results.TABLES``),
   for each stream named in the settings' ``results``. A sink that can tell which events it already holds
   predictions for offers ``predicted_ids`` (dedup after a restart reads it).
@@ -46,6 +47,7 @@ class Source:
     read: beam.PTransform
     live: bool = False
     stop: Callable[[bool], None] | None = None
+    check: Callable[[], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,6 +111,8 @@ def score_path(source: Path, target: Path, timestamp_column: str | None = None,
                value_columns: list[str] | None = None, warmup_rows: int | None = None) -> list[Path]:
     """Score a CSV file, or every CSV under a folder into a folder mirroring its layout."""
     settings = BackfillSettings(warmup_rows=warmup_rows) if warmup_rows else BackfillSettings()
+    if source.resolve() == target.resolve():
+        raise ValueError(f"--output {target} is the input: scoring would overwrite the data it reads")
     if source.is_file():
         return [score_file(source, target, timestamp_column, value_columns, settings)]
     if not source.is_dir():

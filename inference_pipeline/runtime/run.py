@@ -38,11 +38,14 @@ def event_rules(config: Config, version: ModelVersion, devices_file: Path | None
 def run_graph(graph: StreamingGraph) -> tuple[float, PipelineResult]:
     """Run a built graph to completion; returns wall seconds and the result (with its metrics).
 
-    On the local runner it first applies the runner fixes; a live stream also moves the objects built so far (TF,
+    It first checks that the source's external system answers (a refused or silent broker fails here, at start).
+    On the local runner it applies the runner fixes; a live stream also moves the objects built so far (TF,
     torch, the graph) out of the cyclic garbage collector, whose full passes over them paused the stream for up to
     half a second.
     """
     started = time.time()
+    if graph.source.check is not None:
+        graph.source.check()
     if graph.pipeline.options.view_as(StandardOptions).runner == LOCAL_RUNNER:
         prepare_local_runner()
     if graph.source.live:

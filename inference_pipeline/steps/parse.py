@@ -17,7 +17,10 @@ DEAD_LETTERS = "dead_letters"
 
 class EventSettings(BaseModel):
     """Validation limits applied before features; rejected events go to the dead letters. ``known_devices`` and the
-    ``device_id`` column of ``known_devices_file`` (CSV) form the device registry (none: any device)."""
+    ``device_id`` column of ``known_devices_file`` (CSV) form the device registry (none: any device). Event times
+    before ``min_timestamp`` (epoch seconds; default 2000-01-01) or more than ``max_future_s`` ahead of the clock, and
+    readings beyond +/-``max_abs_reading`` (no sensor reads that; the float32 features would overflow) are
+    rejected."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -25,13 +28,16 @@ class EventSettings(BaseModel):
     known_devices_file: str | None = None
     max_future_s: float = Field(300.0, gt=0)
     max_payload_bytes: int = Field(65536, ge=64)
+    min_timestamp: float = 946684800.0
+    max_abs_reading: float = Field(1e9, gt=0, le=1e15)
 
     def rules(self, sensors: tuple[str, ...], devices_file: Path | None = None) -> EventRules:
         """What a valid event is for a model's sensors (``devices_file``: another device registry CSV)."""
         known = set(self.known_devices or [])
         for path in filter(None, (self.known_devices_file, devices_file)):
             known |= set(pd.read_csv(path)["device_id"].astype(str))
-        return EventRules(sensors, frozenset(known) if known else None, self.max_future_s, self.max_payload_bytes)
+        return EventRules(sensors, frozenset(known) if known else None, self.max_future_s, self.max_payload_bytes,
+                          self.min_timestamp, self.max_abs_reading)
 
 
 class _ParseFn(beam.DoFn):

@@ -2,7 +2,9 @@
 
 Every handler returns the same ``ModelOutput`` (``model_handlers.contract``). A batch whose features were scaled by
 other MLTransform artifacts than the model version's own is never scored: each of its events becomes a dead letter
-(``inference_error``), so a model swap cannot silently pair new weights with old scaling.
+(``inference_error``), so a model swap cannot silently pair new weights with old scaling. A score the model could
+not compute (a NaN or infinity from extreme inputs) counts as certainly anomalous (anomaly score 1, raw score the
+largest float): never normal, and never a non-finite value in a sink.
 """
 from __future__ import annotations
 
@@ -14,18 +16,31 @@ import numpy as np
 from apache_beam import pvalue
 from apache_beam.ml.inference.base import PredictionResult
 
-from features.schema import DeadLetter, DeadLetterReason, FeatureBatch
+from features.schema import DeadLetter, DeadLetterReason, FeatureBatch, encode_events
+from features.spec import FeatureSpec
 from inference_pipeline.results import PredictionBatch
 from model_handlers.contract import ModelOutput
 
 DEAD_LETTERS = "dead_letters"
 
 
-def batch_dead_letters(batch: FeatureBatch, detail: str, device_id: str) -> list[DeadLetter]:
-    """Every event of a batch that could not be scored, as an ``inference_error`` dead letter."""
+def batch_dead_letters(batch: FeatureBatch, detail: str, device_id: str, sensors: tuple[str, ...]
+                       ) -> list[DeadLetter]:
+    """Every event of a batch that could not be scored, as an ``inference_error`` dead letter whose payload is the
+    event as validated, in the wire format."""
     events = batch.events
-    return [DeadLetter(DeadLetterReason.INFERENCE_ERROR, detail, event_id, received, device_id)
-            for event_id, received in zip(events.event_ids.tolist(), events.received_at.tolist())]
+    payloads = encode_events([device_id] * len(events), events.ts, events.values, sensors, events.event_ids.tolist())
+    return [DeadLetter(DeadLetterReason.INFERENCE_ERROR, detail, payload, received, device_id)
+            for payload, received in zip(payloads, events.received_at.tolist())]
+
+
+def finite_scores(raw: np.ndarray, anomaly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores as float64 with non-finite ones made certainly anomalous."""
+    raw, anomaly = np.asarray(raw, dtype=np.float64), np.asarray(anomaly, dtype=np.float64)
+    broken = ~(np.isfinite(raw) & np.isfinite(anomaly))
+    if broken.any():
+        raw, anomaly = np.where(broken, np.finfo(np.float64).max, raw), np.where(broken, 1.0, anomaly)
+    return raw, anomaly
 
 
 def _per_row(names: tuple[str, ...], values: np.ndarray, rows: np.ndarray) -> list[dict[str, float] | None]:
@@ -39,10 +54,10 @@ def _per_row(names: tuple[str, ...], values: np.ndarray, rows: np.ndarray) -> li
 def to_predictions(batch: FeatureBatch, output: ModelOutput, threshold: float, window: int,
                    device_id: str) -> PredictionBatch:
     events = batch.events
+    raw, anomaly = finite_scores(output.raw_score, output.anomaly_score)
     predictions = PredictionBatch(
         device_id=device_id, event_ids=events.event_ids, event_time=events.ts, received_at=events.received_at,
-        processing_time=time.time(), raw_score=np.asarray(output.raw_score, dtype=np.float64),
-        anomaly_score=np.asarray(output.anomaly_score, dtype=np.float64), threshold=threshold,
+        processing_time=time.time(), raw_score=raw, anomaly_score=anomaly, threshold=threshold,
         window_fill=batch.filled, window=window, model_name=output.model.name, model_version=output.model.version)
     if output.class_probabilities is not None:
         predictions.label = output.label.tolist()
@@ -55,9 +70,10 @@ def to_predictions(batch: FeatureBatch, output: ModelOutput, threshold: float, w
 
 
 class _ScoreFn(beam.DoFn):
-    def __init__(self, threshold: float, window: int):
+    def __init__(self, threshold: float, window: int, sensors: tuple[str, ...]):
         self._threshold = threshold
         self._window = window
+        self._sensors = sensors
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator:
         device_id, result = element
@@ -66,7 +82,7 @@ class _ScoreFn(beam.DoFn):
         if batch.scaled_by != output.model.transform_id:
             detail = (f"model {output.model} expects features scaled by its transform {output.model.transform_id}, "
                       f"got {batch.scaled_by}")
-            for letter in batch_dead_letters(batch, detail, device_id):
+            for letter in batch_dead_letters(batch, detail, device_id, self._sensors):
                 yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
             return
         yield device_id, to_predictions(batch, output, self._threshold, self._window, device_id)
@@ -77,14 +93,13 @@ class ScorePredictions(beam.PTransform):
     ``dead_letters``: DeadLetter for batches scaled by another version's transform.
 
     ``threshold``: the anomaly score at or above which a prediction is anomalous (0.5: the version's calibrated
-    threshold); ``window``: the feature window, below which a device is warming up and never anomalous.
+    threshold); ``spec``: the feature spec (its window, below which a device is warming up and never anomalous, and
+    its sensors, to write refused events back in the wire format).
     """
 
-    def __init__(self, threshold: float, window: int):
+    def __init__(self, threshold: float, spec: FeatureSpec):
         super().__init__()
-        self._threshold = threshold
-        self._window = window
+        self._fn = _ScoreFn(threshold, spec.window, spec.sensors)
 
     def expand(self, results: beam.PCollection) -> pvalue.DoOutputsTuple:
-        return results | "ToPredictions" >> beam.ParDo(_ScoreFn(self._threshold, self._window)).with_outputs(
-            DEAD_LETTERS, main="predictions")
+        return results | "ToPredictions" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTERS, main="predictions")

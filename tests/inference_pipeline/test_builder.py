@@ -4,31 +4,24 @@ import json
 import pickle
 import shutil
 import sqlite3
-import time
-from typing import Literal
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pytest
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from features.scaling import ScaleFeatures
-from features.schema import DeadLetterReason, RawEvent
+from features.schema import DeadLetterReason
 from inference_pipeline.builder import LOCAL_RUNNER, create_pipeline
 from inference_pipeline.config import ConfigError, load_config
-from inference_pipeline.connectors import kinds as connector_kinds
-from inference_pipeline.connectors.base import ConnectorSettings, Sink, SinkSettings, Source
 from inference_pipeline.connectors.replay import ReplaySettings
 from inference_pipeline.connectors.sqlite import SqliteSettings
 from inference_pipeline.runtime.run import event_rules, outcome_counts, run_graph, run_pipeline
 from inference_pipeline.steps.score import DEAD_LETTERS, _ScoreFn
-from model_handlers import kinds
-from model_handlers.contract import ModelId, ModelOutput
 from model_handlers.model_version import ModelVersion, write_model_version
-from model_handlers.settings import ModelSettings
 from model_handlers.torch_handler import TorchAnomalyHandler
+from tests import plugin_kinds
 from tests.conftest import REPO
 from training.feature_pipeline import batch_features, device_batches, run_feature_pipeline
 from training.malformed import KINDS, corrupt
@@ -69,73 +62,12 @@ def test_malformed_events_land_in_dead_letters_and_counts_reconcile(trained, tmp
     assert (explained == (predictions["is_anomaly"] == 1)).all()
 
 
-# A source, a sink and a handler kind defined here alone: the config accepts them and the pipeline runs them.
-
-class ListSourceSettings(ConnectorSettings):
-    kind: Literal["list"] = "list"
-    payloads: list[str]
-
-
-def list_source(settings: ListSourceSettings, rules) -> Source:
-    return Source(beam.Create([[RawEvent(payload, time.time()) for payload in settings.payloads]]))
-
-
-class FileSinkSettings(SinkSettings):
-    kind: Literal["jsonfile"] = "jsonfile"
-    folder: str
-
-
-class JsonFileSink(Sink):
-    def __init__(self, settings: FileSinkSettings, context):
-        self._folder = settings.folder
-
-    def write(self, table):
-        return beam.ParDo(_AppendJson(self._folder, table))
-
-
-class _AppendJson(beam.DoFn):
-    def __init__(self, folder, table):
-        self._folder, self._table = folder, table
-
-    def process(self, value):
-        with open(f"{self._folder}/{self._table.name}.jsonl", "a") as handle:
-            handle.writelines(message + "\n" for message in self._table.messages(value))
-
-
-class ConstantSettings(ModelSettings):
-    handler: Literal["constant"] = "constant"
-    score: float
-
-
-class Constant:
-    def __init__(self, score: float):
-        self.score = score
-
-
-class ConstantHandler(ModelHandler):
-    def __init__(self, settings: ConstantSettings, version: ModelVersion):
-        super().__init__()
-        self._score = settings.score
-        self._id = ModelId("constant", "1", version.transform_id)
-
-    def load_model(self):
-        return Constant(self._score)
-
-    def run_inference(self, batch, model, inference_args=None):
-        scores = [np.full(len(item), model.score) for item in batch]
-        return [PredictionResult(item, ModelOutput(score, score, self._id), str(self._id))
-                for item, score in zip(batch, scores)]
-
-
-
 @pytest.fixture
 def plugged_kinds(monkeypatch):
-    monkeypatch.setitem(connector_kinds.SOURCES, ListSourceSettings, list_source)
-    monkeypatch.setitem(connector_kinds.SINKS, FileSinkSettings, JsonFileSink)
-    monkeypatch.setitem(kinds.HANDLERS, ConstantSettings, ConstantHandler)
+    plugin_kinds.register(monkeypatch)
 
 
-def test_new_source_sink_and_handler_kinds_plug_in_from_this_file_alone(plugged_kinds, trained, tmp_path):
+def test_new_source_sink_and_handler_kinds_plug_in_with_no_edit_elsewhere(plugged_kinds, trained, tmp_path):
     frame = simulate_fleet(2, 60, seed=3, start=1767300000.0, fault_rate=0)
     payloads = list(iter_payloads(frame, trained.version.feature_spec.sensors)) + ["{not json"]
     config = load_config(REPO / "configs" / "local.yaml", {
@@ -152,6 +84,27 @@ def test_new_source_sink_and_handler_kinds_plug_in_from_this_file_alone(plugged_
     assert {p["model_name"] for p in predictions} == {"constant"} and {p["anomaly_score"] for p in predictions} == {0.9}
     assert {a["device_id"] for a in alerts} == set(frame["device_id"])
     assert outcome_counts(result)["predictions"] == len(frame)
+
+
+def test_a_model_that_raises_turns_its_batch_into_dead_letters_with_the_event_and_a_one_line_detail(
+        plugged_kinds, trained, tmp_path):
+    frame = simulate_fleet(2, 40, seed=3, start=1767300000.0, fault_rate=0)
+    payloads = list(iter_payloads(frame, trained.version.feature_spec.sensors))
+    config = load_config(REPO / "configs" / "local.yaml", {
+        "work_dir": str(tmp_path),
+        "model": {"handler": "constant", "uri": str(trained.version.path), "score": 0.1, "fail": True},
+        "source": {"kind": "list", "payloads": payloads, "batch_size": 25},
+        "sinks": {"files": {"kind": "jsonfile", "folder": str(tmp_path)}}})
+    run_graph(create_pipeline(config, trained.version, event_rules(config, trained.version)))
+
+    dead = [json.loads(line) for line in (tmp_path / "dead_letters.jsonl").read_text().splitlines()]
+    assert not (tmp_path / "predictions.jsonl").exists() and len(dead) == len(frame)
+    assert {d["reason"] for d in dead} == {"inference_error"}
+    assert {d["detail"] for d in dead} == {"RuntimeError: model exploded while scoring"}
+    sent = {json.loads(p)["event_id"]: json.loads(p) for p in payloads}
+    for letter in dead:
+        event = json.loads(letter["payload"])
+        assert event == sent[event["event_id"]] and letter["device_id"] == event["device_id"]
 
 
 def test_unregistered_kinds_are_refused_naming_the_field(tmp_path):
@@ -197,7 +150,7 @@ def test_a_swap_to_a_version_with_other_scaling_never_scores_old_scaled_features
     handler = TorchAnomalyHandler(trained.version, device="cpu")
     handler.update_model_path(str(rescaled_version.path))
     model = handler.load_model()
-    score = _ScoreFn(threshold=0.5, window=spec.window)
+    score = _ScoreFn(threshold=0.5, window=spec.window, sensors=spec.sensors)
     [stale] = handler.run_inference([old], model)
     refused = list(score.process((device_id, stale)))
     assert len(refused) == len(old) and all(out.tag == DEAD_LETTERS for out in refused)

@@ -1,9 +1,12 @@
 """The iotml subcommands as a user calls them (in process)."""
+import socket
 import sqlite3
+import time
 
 import pandas as pd
 
 from inference_pipeline.cli import main
+from tests.conftest import REPO
 from training.simulate import simulate_fleet, write_frame
 
 
@@ -50,3 +53,30 @@ def test_score_cli_writes_scores(tmp_path):
 def test_missing_input_is_a_clear_error(tmp_path, capsys):
     assert main(["score", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_score_refuses_to_overwrite_its_input(tmp_path, capsys):
+    data = tmp_path / "in.csv"
+    pd.DataFrame({"t": range(10), "v": [1.0] * 10}).to_csv(data, index=False)
+    before = data.read_bytes()
+    assert main(["score", "--input", str(data), "--output", str(data)]) == 2
+    assert "is the input" in capsys.readouterr().err and data.read_bytes() == before
+
+
+def test_an_invalid_set_value_is_a_one_line_error(capsys):
+    assert main(["stream", "--set", "features.sensors=[a, b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "features.sensors" in err
+
+
+def test_stream_fails_at_start_when_the_broker_does_not_answer(trained, tmp_path, capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    started = time.monotonic()
+    code = main(["stream", "--config", str(REPO / "configs" / "mqtt.yaml"), "--work-dir", str(tmp_path),
+                 "--set", f"model.uri={trained.version.path}", "--set", f"source.mqtt.port={closed_port}",
+                 "--set", "source.mqtt.connect_timeout_s=2", "--set", "sinks.results.path=" + str(tmp_path / "r.db")])
+    assert code == 2 and time.monotonic() - started < 60
+    err = capsys.readouterr().err
+    assert f"MQTT broker 127.0.0.1:{closed_port} did not answer" in err and len(err.strip().splitlines()) == 1

@@ -39,5 +39,7 @@ def test_overrides_replace_fields_by_dotted_path(tmp_path):
 def test_bad_override_and_missing_file_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="FIELD=VALUE"):
         parse_override("alerting.open_after")
+    with pytest.raises(ConfigError, match=r"^--set features.sensors: the value is not valid YAML \(.*\)$"):
+        parse_override("features.sensors=[a, b")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")

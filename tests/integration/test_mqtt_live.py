@@ -26,6 +26,7 @@ import pytest
 
 from inference_pipeline.connectors.mqtt.settings import MqttSettings
 from inference_pipeline.jobs.loadgen import PublishReport, publish_fleet
+from tests.crashers import crashers
 from training.simulate import simulate_fleet
 
 pytestmark = pytest.mark.services
@@ -318,6 +319,33 @@ def test_malformed_payloads_go_to_the_dead_letter_topic_and_the_stream_keeps_its
     assert totals["dead_letters"] == malformed
     assert all(letter["detail"] and letter["payload"] for letter in topic.letters)
     assert rate > 0.8 * 2000
+
+
+def test_each_former_crasher_costs_one_dead_letter_and_the_stream_stays_up(shared_broker, trained, tmp_path,
+                                                                          fleet_devices):
+    stream = Stream(tmp_path, shared_broker[1], trained.version.path, fleet_devices)
+    topic = DeadLetterTopic(stream)
+    process, log = stream.start()
+    cases = crashers(fleet_devices[0], trained.version.feature_spec.sensors, time.time() - 5)
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"iotml-it-crash-{stream.tag}")
+    try:
+        warm = stream.warm_up(process, log)
+        publisher.connect("127.0.0.1", stream.port)
+        publisher.loop_start()
+        for payload, _ in cases:
+            publisher.publish(f"{stream.prefix}/{fleet_devices[0]}/telemetry", payload, qos=1).wait_for_publish(10)
+        after = stream.publish(rate=200, seconds=1, seed=9)
+        wait_until(lambda: len(topic.letters) >= len(cases) and stream.predictions()[0] >= warm.published
+                   + after.published, 90, process, log)
+        assert process.poll() is None
+        totals = drain(process, log)
+    finally:
+        publisher.loop_stop()
+        topic.close()
+        kill(process)
+    assert sorted(letter["reason"] for letter in topic.letters) == sorted(reason for _, reason in cases)
+    assert all(letter["detail"] and "\n" not in letter["detail"] for letter in topic.letters)
+    assert totals == {"predictions": warm.published + after.published, "dead_letters": len(cases), "duplicates": 0}
 
 
 def write_tls_files(folder: Path) -> dict[str, Path]:

@@ -14,8 +14,10 @@ session beyond those in flight and drops the rest silently, also while the pipel
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +29,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 from features.schema import EventRules, RawEvent
 from inference_pipeline.connectors.base import Source
 from inference_pipeline.connectors.mqtt.checkpoint import MqttCheckpointMark, MqttCheckpointMarkCoder
+from inference_pipeline.connectors.mqtt.client import connect_and_wait, create_client
 from inference_pipeline.connectors.mqtt.coders import RawEventsCoder
 from inference_pipeline.connectors.mqtt.event_time import event_time
 from inference_pipeline.connectors.mqtt.session import _Delivery, _Session
@@ -208,7 +211,18 @@ class ReadFromMqtt(beam.PTransform):
         return events
 
 
+def check_broker(settings: MqttSettings) -> None:
+    """Connect once with a throwaway client id (never the stream's own session) and disconnect; raises
+    ConnectionError naming the broker's refusal, or saying it did not answer."""
+    client = create_client(settings, client_id=f"{settings.client_id}-check-{uuid.uuid4().hex[:8]}", clean_start=True,
+                           manual_ack=False)
+    connect_and_wait(client, settings)
+    client.disconnect()
+    client.loop_stop()
+
+
 def mqtt_source(settings: MqttSourceSettings, rules: EventRules) -> Source:
     """The subscription, with the deployment's one payload limit (``events.max_payload_bytes``)."""
     broker = settings.mqtt.model_copy(update={"max_payload_bytes": rules.max_payload_bytes})
-    return Source(ReadFromMqtt(broker, settings.read), live=True, stop=request_stop)
+    return Source(ReadFromMqtt(broker, settings.read), live=True, stop=request_stop,
+                  check=functools.partial(check_broker, broker))

@@ -1,5 +1,7 @@
 """The scoring step on a stream (TestStream): the decision at the threshold, warm-up never anomalous, provenance and
 explanations attached, and a batch scaled by another version's transform dead-lettered, never scored."""
+import json
+
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
@@ -8,11 +10,13 @@ from apache_beam.testing.test_stream import TestStream as EventStream
 from apache_beam.testing.util import assert_that, equal_to
 
 from features.schema import EventBatch, FeatureBatch
+from features.spec import FeatureSpec
 from inference_pipeline.steps.score import ScorePredictions
 from model_handlers.contract import ModelId, ModelOutput
 
 MODEL = ModelId("iot-anomaly", "3", "t-3")
 SENSORS = ("pressure", "rpm")
+SPEC = FeatureSpec(sensors=SENSORS, window=3, stats=("last", "mean"))
 
 
 def result(device: str, scores: list[float], filled: list[int], scaled_by: str = "t-3") -> tuple:
@@ -32,7 +36,7 @@ def run(elements: list[tuple]):
         stream = stream.add_elements([element]).advance_watermark_to(i + 1)
     options = PipelineOptions([], runner="BundleBasedDirectRunner", streaming=True)
     pipeline = beam.Pipeline(options=options)
-    scored = pipeline | stream.advance_watermark_to_infinity() | ScorePredictions(threshold=0.5, window=3)
+    scored = pipeline | stream.advance_watermark_to_infinity() | ScorePredictions(threshold=0.5, spec=SPEC)
     return pipeline, scored
 
 
@@ -53,8 +57,17 @@ def test_decisions_provenance_and_explanations_per_event():
 
 def test_features_scaled_by_another_version_are_dead_lettered_not_scored():
     pipeline, scored = run([result("a", [0.9, 0.9], [3, 3], scaled_by="t-2"), result("b", [0.1], [3])])
-    letters = scored.dead_letters | beam.Map(lambda d: (d.reason, d.payload, d.device_id, "t-2" in d.detail))
+    letters = scored.dead_letters | beam.Map(
+        lambda d: (d.reason, json.loads(d.payload)["event_id"], d.device_id, "t-2" in d.detail))
     assert_that(letters, equal_to([("inference_error", "a-0", "a", True), ("inference_error", "a-1", "a", True)]),
                 label="DeadLetters")
     assert_that(scored.predictions | beam.Map(lambda kv: kv[0]), equal_to(["b"]), label="Predictions")
+    pipeline.run().wait_until_finish()
+
+
+def test_a_score_the_model_could_not_compute_is_certainly_anomalous_never_nan():
+    pipeline, scored = run([result("a", [float("nan"), 0.1, float("inf")], [3, 3, 3])])
+    rows = scored.predictions | beam.FlatMap(
+        lambda kv: zip(kv[1].anomaly_score.tolist(), kv[1].is_anomaly.tolist(), np.isfinite(kv[1].raw_score).tolist()))
+    assert_that(rows, equal_to([(1.0, 1, True), (0.1, 0, True), (1.0, 1, True)]))
     pipeline.run().wait_until_finish()
