@@ -95,11 +95,12 @@ def _kind_union(classes: tuple[type, ...], discriminator: str) -> Any:
 
 @functools.cache
 def _config_model(handlers: tuple[type, ...], sources: tuple[type, ...], sinks: tuple[type, ...]) -> type[Config]:
+    defaults = Config.model_fields
     return create_model(
         "Config", __base__=Config, __module__=__name__,
-        model=(_kind_union(handlers, "handler"), TorchSettings()),
-        source=(_kind_union(sources, "kind"), ReplaySettings()),
-        sinks=(dict[str, _kind_union(sinks, "kind")], Field(default_factory=lambda: {"results": SqliteSettings()})),
+        model=(_kind_union(handlers, "handler"), defaults["model"].default),
+        source=(_kind_union(sources, "kind"), defaults["source"].default),
+        sinks=(dict[str, _kind_union(sinks, "kind")], Field(default_factory=defaults["sinks"].default_factory)),
     )
 
 
