@@ -348,6 +348,21 @@ def test_each_former_crasher_costs_one_dead_letter_and_the_stream_stays_up(share
     assert totals == {"predictions": warm.published + after.published, "dead_letters": len(cases), "duplicates": 0}
 
 
+def test_a_dead_receiver_stops_the_stream_promptly_with_a_clear_error(shared_broker, trained, tmp_path,
+                                                                      fleet_devices):
+    stream = Stream(tmp_path, shared_broker[1], trained.version.path, fleet_devices)
+    process, log = stream.start()
+    try:
+        receiver = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "connectors.mqtt.receiver"],
+                                  capture_output=True, text=True, check=True).stdout.split()
+        os.kill(int(receiver[0]), signal.SIGKILL)
+        assert process.wait(60) == 2
+    finally:
+        kill(process)
+    assert "iotml stream: error: MQTT receiver of" in log.read_text().splitlines()[-1]
+    assert "exited (code -9)" in log.read_text()
+
+
 def write_tls_files(folder: Path) -> dict[str, Path]:
     """A private CA and a server certificate for 127.0.0.1, as PEM files (what a plant's PKI would hand out)."""
     import datetime

@@ -54,7 +54,7 @@ class _Session:
         self._unacked = 0
         self._closing = False
         self._closed = False
-        self._receiver_gone = False
+        self._receiver_gone: str | None = None
         self._receiver = start_receiver(settings)
         self._write_lock = threading.Lock()
         threading.Thread(target=self._collect, name=f"mqtt-collect-{settings.client_id}", daemon=True).start()
@@ -81,25 +81,32 @@ class _Session:
         return session if session is not None and session.token == token else None
 
     def _collect(self) -> None:
-        while True:
+        """Queue what the receiver forwards; when it exits or its pipe carries something unreadable, record why, so
+        readers fail with that reason instead of waiting forever."""
+        problem = None
+        while problem is None:
             try:
-                batch = read_frame(self._receiver.stdout)
-            except (EOFError, OSError, ValueError):
-                break
-            with self._cond:
-                self._queue.extend(_Delivery(*delivery) for delivery in batch)
-                self._cond.notify_all()
+                deliveries = [_Delivery(*delivery) for delivery in read_frame(self._receiver.stdout)]
+            except EOFError:
+                problem = f"exited (code {self._receiver.wait()})"
+            except Exception as exc:  # a garbled pipe: whatever it raises, stop the receiver rather than stall
+                self._receiver.kill()
+                problem = f"sent an unreadable frame ({type(exc).__name__}: {exc}) and was stopped"
+            else:
+                with self._cond:
+                    self._queue.extend(deliveries)
+                    self._cond.notify_all()
         with self._cond:
-            self._receiver_gone = True
+            self._receiver_gone = problem
             self._cond.notify_all()
         if not self._closed:
-            _LOGGER.error("MQTT receiver of %s exited (code %s)", self.settings.client_id, self._receiver.wait())
+            _LOGGER.error("MQTT receiver of %s %s", self.settings.client_id, problem)
 
     def _wait_for_delivery(self, until: float) -> bool:
         """With the lock held: whether a delivery is queued by ``until`` (monotonic seconds)."""
         while not self._queue:
             if self._receiver_gone:
-                raise ConnectionError(f"MQTT receiver of {self.settings.client_id} is gone")
+                raise ConnectionError(f"MQTT receiver of {self.settings.client_id} {self._receiver_gone}")
             left = until - time.monotonic()
             if left <= 0:
                 return False
