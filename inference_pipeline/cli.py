@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -142,16 +143,40 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+_URL_PASSWORD = re.compile(r"(\w+://[^\s/:@]*):[^\s/@]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with URL passwords and the value of the MQTT password variable replaced by ``***``."""
+    text = _URL_PASSWORD.sub(r"\1:***@", text)
+    secret = os.environ.get("IOTML_MQTT_PASSWORD")
+    return text.replace(secret, "***") if secret else text
+
+
+class _RedactSecrets(logging.Filter):
+    """A last line of defence: no log record leaves with a credential in it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(existing, _RedactSecrets) for existing in handler.filters):
+            handler.addFilter(_RedactSecrets())
     for ours in ("inference_pipeline", "training", "features", "model_handlers"):
         logging.getLogger(ours).setLevel(logging.INFO)
     args = parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, ConnectionError, FileNotFoundError, LookupError, ValueError) as exc:
-        print(f"iotml {args.command}: error: {exc}", file=sys.stderr)
+        print(redact(f"iotml {args.command}: error: {exc}"), file=sys.stderr)
         return 2
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from model_handlers.model_version import ModelVersion
 
@@ -16,6 +17,15 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     return name, None, version
 
 
+def without_credentials(uri: str) -> str:
+    """A URI fit for a message: any user and password removed (``postgresql://u:p@host/db`` -> ``postgresql://host/db``)."""
+    parts = urlsplit(uri)
+    if not parts.password and not parts.username:
+        return uri
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+
+
 def resolve_model_version(uri: str, tracking_uri: str, cache_dir: Path) -> ModelVersion:
     """Download (once) the version a registry reference points at; a version folder is opened as is."""
     if not uri.startswith("models:/"):
@@ -28,7 +38,9 @@ def resolve_model_version(uri: str, tracking_uri: str, cache_dir: Path) -> Model
     try:
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as exc:
-        raise LookupError(f"model.uri: {uri} not found in the registry at {tracking_uri}: {exc.message}") from None
+        where = without_credentials(tracking_uri)
+        detail = exc.message.replace(tracking_uri, where)
+        raise LookupError(f"model.uri: {uri} not found in the registry at {where}: {detail}") from None
     target = cache_dir / name / str(found.version)
     if not (target / "model.json").is_file():
         target.mkdir(parents=True, exist_ok=True)

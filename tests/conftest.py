@@ -11,6 +11,36 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# Every password the tests use: none may appear in any output, log or log file the suite produces.
+TEST_SECRETS = ("plant-secret-42", "not-the-password", "s3cret", "url-pa55word", "env-pa55word")
+
+
+def _leaked(texts) -> list[str]:
+    texts = list(texts)
+    return [secret for secret in TEST_SECRETS if any(secret in text for text in texts)]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test whose captured output or logs (all phases, as the teardown report holds them) show a test password
+    fails."""
+    report = (yield).get_result()
+    leaked = _leaked(content for _, content in report.sections) if report.when == "teardown" else []
+    if leaked and report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"test passwords {leaked} appeared in this test's output or logs"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The log files tests leave (streams, brokers) must not show a test password either."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or factory._basetemp is None:
+        return
+    for log in factory.getbasetemp().rglob("*.log"):
+        leaked = _leaked([log.read_text(errors="replace")])
+        if leaked:
+            print(f"\ntest passwords {leaked} appeared in {log}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @dataclasses.dataclass(frozen=True)

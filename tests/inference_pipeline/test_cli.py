@@ -1,4 +1,5 @@
 """The iotml subcommands as a user calls them (in process)."""
+import logging
 import socket
 import sqlite3
 import time
@@ -80,3 +81,17 @@ def test_stream_fails_at_start_when_the_broker_does_not_answer(trained, tmp_path
     assert code == 2 and time.monotonic() - started < 60
     err = capsys.readouterr().err
     assert f"MQTT broker 127.0.0.1:{closed_port} did not answer" in err and len(err.strip().splitlines()) == 1
+
+
+def test_errors_and_logs_never_show_a_password(monkeypatch, capsys, caplog):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    url = f"mqtt://iotml:url-pa55word@127.0.0.1:{closed_port}/x?connect_timeout_s=1"
+    assert main(["simulate", "--publish", url, "--rate", "10", "--duration", "1"]) == 2
+    assert "did not answer" in capsys.readouterr().err
+    monkeypatch.setenv("IOTML_MQTT_PASSWORD", "env-pa55word")
+    logging.getLogger("inference_pipeline").warning("cannot reach %s with %s", url, "env-pa55word")
+    shown = "\n".join(handler.format(record) for record in caplog.records
+                      for handler in logging.getLogger().handlers[:1]) + capsys.readouterr().err
+    assert "url-pa55word" not in shown and "env-pa55word" not in shown and "iotml:***@" in shown

@@ -67,17 +67,17 @@ class MqttSettings(BaseModel):
     def from_url(cls, url: str, **overrides: Any) -> "MqttSettings":
         """Settings from ``mqtt[s]://[user[:password]@]host[:port][/topic/filter][?client_id=...&qos=1]``.
 
-        The path, if any, is one topic filter (``mqtt://host/plant/+/telemetry``); query parameters and keyword
+        Errors never echo the URL (it may carry a password). The path, if any, is one topic filter (``mqtt://host/plant/+/telemetry``); query parameters and keyword
         overrides set any other field. An ``mqtts://`` URL takes the TLS fields as query parameters too
         (``?ca_certs=/etc/iotml/ca.crt&certfile=...&keyfile=...``); without them it trusts the system CA store.
         """
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"expected an mqtt:// or mqtts:// URL, got {url!r}")
+            raise ValueError(f"expected an mqtt:// or mqtts:// URL, got a {parts.scheme or 'schemeless'} URL")
         query = dict(parse_qsl(parts.query))
         tls = {name: query.pop(name) for name in MqttTls.model_fields if name in query}
         if tls and parts.scheme != "mqtts":
-            raise ValueError(f"TLS options {sorted(tls)} need an mqtts:// URL, got {url!r}")
+            raise ValueError(f"TLS options {sorted(tls)} need an mqtts:// URL, got an mqtt:// one")
         fields: dict[str, Any] = {"host": parts.hostname or "127.0.0.1"}
         if parts.port:
             fields["port"] = parts.port

@@ -27,8 +27,8 @@ def test_password_comes_from_the_environment_and_never_shows(monkeypatch):
     config = load_config(MQTT_CONFIG, {"source.mqtt.username": "iotml"})
     assert config.source.mqtt.resolved_password() == "s3cret"
     assert "s3cret" not in repr(config) and "s3cret" not in config.model_dump_json()
-    monkeypatch.setenv("BROKER_PW", "other")
-    assert load_config(MQTT_CONFIG, {"source.mqtt.password_env": "BROKER_PW"}).source.mqtt.resolved_password() == "other"
+    monkeypatch.setenv("BROKER_PW", "other-s3cret")
+    assert load_config(MQTT_CONFIG, {"source.mqtt.password_env": "BROKER_PW"}).source.mqtt.resolved_password() == "other-s3cret"
 
 
 def test_tls_settings_come_from_config_and_mqtts_urls():
@@ -72,3 +72,11 @@ def test_from_url_and_coerce():
     assert MqttSettings.coerce({"client_id": "c", "topics": ["a/#"]}).topics == ("a/#",)
     with pytest.raises(ValueError):
         MqttSettings.coerce({"client_id": "c", "bogus": 1})
+
+
+@pytest.mark.parametrize("url", ["http://iotml:url-pa55word@broker/x",
+                                 "mqtt://iotml:url-pa55word@broker/x?ca_certs=/etc/ca.crt&client_id=c"])
+def test_url_errors_never_echo_the_password(url):
+    with pytest.raises(ValueError) as error:
+        MqttSettings.from_url(url)
+    assert "url-pa55word" not in str(error.value)
