@@ -21,8 +21,8 @@ from features.scaling import ScaleFeatures
 from features.schema import DeadLetter, EventRules
 from features.streaming import DeviceFeatures
 from inference_pipeline.config import Config
-from inference_pipeline.connectors.base import Sink, SinkContext, Source
-from inference_pipeline.connectors.kinds import SINKS, SOURCES
+from inference_pipeline.connectors.base import Sink, Source
+from inference_pipeline.connectors.kinds import SOURCES
 from inference_pipeline.results import TABLES
 from inference_pipeline.steps.alerts import AlertSettings, DebounceAlerts
 from inference_pipeline.steps.dedup import DropDuplicates
@@ -97,12 +97,6 @@ class ScoreEvents(beam.PTransform):
         return Outputs(scored.predictions, alerts, dead, unique.duplicates)
 
 
-def build_sinks(config: Config) -> dict[str, Sink]:
-    """The configured sinks by name, each from the factory its kind registered."""
-    context = SinkContext(config.work_path, config.source)
-    return {name: SINKS[type(settings)](settings, context) for name, settings in config.sinks.items()}
-
-
 def drop_duplicates(config: Config, sinks: Mapping[str, Sink], live: bool) -> DropDuplicates:
     """Dedup by event id; a live stream also starts from the ids the first capable sink already predicted."""
     dedup = config.dedup
@@ -145,7 +139,7 @@ def create_pipeline(config: Config, version: ModelVersion, rules: EventRules,
                     options: PipelineOptions | None = None) -> StreamingGraph:
     """Read, score, write and report, top to bottom; ``options`` default to the config's."""
     source = SOURCES[type(config.source)](config.source, rules)
-    sinks = build_sinks(config)
+    sinks = config.build_sinks()
     pipeline = beam.Pipeline(options=options or pipeline_options(config, streaming=source.live))
     raws = pipeline | "ReadEvents" >> source.read
     outputs = raws | "ScoreEvents" >> ScoreEvents(version, rules, config.model, config.alerting,

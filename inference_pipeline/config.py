@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from features.spec import FeatureSpec
-from inference_pipeline.connectors.base import ConnectorSettings, SinkContext, SinkSettings
+from inference_pipeline.connectors.base import ConnectorSettings, Sink, SinkContext, SinkSettings
 from inference_pipeline.connectors.kinds import SINKS, SOURCES
 from inference_pipeline.connectors.replay import ReplaySettings
 from inference_pipeline.connectors.sqlite import SqliteSettings
@@ -71,12 +71,19 @@ class Config(BaseModel):
     @model_validator(mode="after")
     def _sinks_can_be_built(self) -> "Config":
         """Sinks that default from the deployment (an MQTT sink sharing the source's broker) fail here, at load."""
+        self.build_sinks()
+        return self
+
+    def build_sinks(self) -> dict[str, Sink]:
+        """The configured sinks by name, each from the factory its kind registered; errors name the sink."""
+        context = SinkContext(self.work_path, self.source)
+        sinks = {}
         for name, settings in self.sinks.items():
             try:
-                SINKS[type(settings)](settings, SinkContext(self.work_path, self.source))
+                sinks[name] = SINKS[type(settings)](settings, context)
             except ValueError as exc:
                 raise ValueError(f"sinks.{name}.{exc}") from None
-        return self
+        return sinks
 
     @property
     def work_path(self) -> Path:
