@@ -3,7 +3,7 @@
 Runs where CUDA is present; without it, it prints ``{"skipped": ...}`` and exits with status 1 (nothing is trained).
 Needs torch, numpy, safetensors, pydantic and tqdm only (no Beam, TensorFlow or MLflow), so it runs on a bare GPU
 box: the model version is assembled in memory over the saved weights (``save_network`` -> ``ModelVersion`` ->
-``LoadedModel``, the handler's load path) rather than written with ``write_model_version``, which needs fitted
+``LoadedModel``, the handler's load path, which verifies the version's manifest) rather than written with ``write_model_version``, which needs fitted
 MLTransform artifacts (TensorFlow) and writes an MLflow model; the rows are synthetic, already-scaled features.
 Scores go through ``LoadedModel.score`` (the model output contract the pipeline's handler returns). Last output line
 is JSON.
@@ -24,6 +24,7 @@ import torch
 
 from features.spec import FeatureSpec
 from model_handlers.contract import ModelOutput
+from model_handlers.manifest import write_manifest
 from model_handlers.model_version import ModelVersion
 from model_handlers.torch_model import LoadedModel, resolve_device, save_network
 from training.train import fit_autoencoder
@@ -46,7 +47,7 @@ def model_version(path: Path, network: torch.nn.Module, threshold: float) -> Mod
     meta = {"architecture": {"kind": "autoencoder", "input_dim": len(SPEC.feature_names), "hidden": list(HIDDEN)},
             "feature_spec": SPEC.model_dump(mode="json"), "threshold": threshold, "metrics": {},
             "name": "gpu-check", "transform_id": "none"}
-    return ModelVersion(path, meta)
+    return ModelVersion(path, meta, write_manifest(path))
 
 
 def main() -> None:

@@ -61,6 +61,17 @@ def start_pipeline(config: Path, overrides: dict[str, object], extra: list[str],
     return subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+def stop_pipeline(pipeline: subprocess.Popen, timeout_s: float) -> None:
+    """Drain the pipeline with SIGINT; kill it if it has not exited within ``timeout_s``."""
+    if pipeline.poll() is None:
+        pipeline.send_signal(signal.SIGINT)
+        try:
+            pipeline.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pipeline.kill()
+            pipeline.wait()
+
+
 def wait_for_log(log: Path, text: str, process: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -174,13 +185,7 @@ def main() -> None:
                      warm_rss, memory.samples_mb[-1], max(memory.samples_mb),
                      " ".join(f"{value:.0f}" for value in memory.samples_mb[::60]))
     finally:
-        if pipeline.poll() is None:
-            pipeline.send_signal(signal.SIGINT)
-            try:
-                pipeline.wait(120)
-            except subprocess.TimeoutExpired:
-                pipeline.kill()
-                pipeline.wait()
+        stop_pipeline(pipeline, 120)
     totals = FINISHED.search(log.read_text(errors="replace"))
     drained = pipeline.returncode == 0 and totals is not None
     if drained:

@@ -50,7 +50,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from features.scaling import ScaleFeatures
 from features.schema import EventBatch, EventRules, FeatureBatch, RawEvent, parse_events
-from features.window import window_features, window_fill
+from features.window import WindowState
 from inference_pipeline.builder import LOCAL_RUNNER, create_pipeline
 from inference_pipeline.config import Config, load_config
 from inference_pipeline.connectors.replay import ReplaySettings, read_payloads
@@ -101,7 +101,7 @@ class _StampBatches(beam.DoFn):
         self._stamps = Metrics.distribution(BENCH, "processing_ms")
 
     def process(self, element):
-        batch = element[1]
+        batch = element.predictions
         self._stamps.update(int(batch.processing_time * 1000))
         yield batch.processing_time, len(batch)
 
@@ -120,7 +120,7 @@ def run_pipeline(config: Config, events: Path, version: ModelVersion, rules: Eve
     replay = config.model_copy(update={"source": ReplaySettings(path=str(events), batch_size=batch_size),
                                        "sinks": {}})
     graph = create_pipeline(replay, version, rules)
-    stamps = graph.outputs.predictions | "BenchStamps" >> beam.ParDo(_StampBatches())
+    stamps = graph.outputs.results | "BenchStamps" >> beam.ParDo(_StampBatches())
     _ = (stamps | "BenchFirstBatch" >> beam.combiners.Top.Smallest(1)
          | "BenchFirstBatchSize" >> beam.ParDo(_FirstBatchSize()))
     _, result = run_graph(graph)
@@ -161,17 +161,17 @@ def run_baseline(events: Path, version: ModelVersion, rules: EventRules, batch_s
 
     started = time.time()
     payloads = read_payloads(events, "device_id", "ts", spec.sensors, None)
-    history: dict[str, np.ndarray] = {}
+    history: dict[str, WindowState] = {}
     predictions = 0
     for start in range(0, len(payloads), batch_size):
         now = time.time()
         batches, _ = parse_events([RawEvent(p, now) for p in payloads[start:start + batch_size]], rules, now)
         features, fills = [], []
         for batch in batches:
-            past = history.get(batch.device_id, np.empty((0, len(spec.sensors))))
-            features.append(window_features(past, batch.values, spec.window, spec.stats))
-            fills.append(window_fill(len(past), len(batch), spec.window))
-            history[batch.device_id] = np.concatenate([past, batch.values])[-(spec.window - 1):]
+            out = spec.featurise(history.get(batch.device_id) or spec.empty_state(), batch.ts, batch.values)
+            features.append(out.features)
+            fills.append(out.filled)
+            history[batch.device_id] = out.state
         scaled = np.concatenate(features) * slope + offset
         scores = model.score(scaled).anomaly_score
         flags = (scores >= threshold) & (np.concatenate(fills) >= spec.window)

@@ -18,6 +18,7 @@ import numpy as np
 from apache_beam.ml.transforms.base import MLTransform
 
 import features.example_coder_memory  # noqa: F401  (imported for its effect: bounded TFT encoder memory)
+from features.artifact_trust import fitted_transform
 from features.schema import FeatureBatch
 from features.spec import FeatureSpec, scaling_transform
 
@@ -44,7 +45,8 @@ def ScaleFeatures(batches: beam.PCollection, spec: FeatureSpec, artifact_dir: st
     """(device_id, FeatureBatch) -> (device_id, FeatureBatch with z-scored features, ``scaled_by=artifact_id``).
 
     ``fit=True`` analyses the (bounded) input and writes the artifacts to ``artifact_dir``, which must not exist yet;
-    otherwise the artifacts are read from there.
+    otherwise the artifacts are read from there, as MLTransform's read mode would but with ``attributes.json``
+    allow-listed and never unpickled (``features.artifact_trust``).
     """
     import tensorflow_transform.beam as tft_beam
 
@@ -53,7 +55,7 @@ def ScaleFeatures(batches: beam.PCollection, spec: FeatureSpec, artifact_dir: st
     transform = (
         MLTransform(write_artifact_location=location).with_transform(scaling_transform(spec))
         if fit
-        else MLTransform(read_artifact_location=location)
+        else fitted_transform(artifact_dir)
     )
     columns = batches | "ToColumns" >> beam.Map(_to_columns, names)
     with tft_beam.Context(desired_batch_size=SCALING_BATCH):

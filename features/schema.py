@@ -6,8 +6,9 @@ Wire format (one JSON object per message)::
      "readings": {"flow_rate": 101.3, "pressure": 4.1, ...}}
 
 ``ts`` is epoch seconds (number) or an ISO-8601 string; ``event_id`` is optional (derived from device, time and
-readings when absent). Every sensor named in the feature spec must be present, numeric, finite and within
-``EventRules.max_abs_reading``; ``ts`` must lie between ``EventRules.min_timestamp`` and the clock plus
+readings when absent). A sensor named in the feature spec may be absent or null (a missing reading: NaN here,
+imputed by the window features and flagged in the prediction), but not all of them; a present reading must be
+numeric, finite and within ``EventRules.max_abs_reading``; ``ts`` must lie between ``EventRules.min_timestamp`` and the clock plus
 ``max_future_s``; ``device_id`` and ``event_id`` must be valid Unicode. Anything else is a dead letter with its reason,
 never an exception: one bad message costs one dead letter.
 """
@@ -22,6 +23,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
 import numpy as np
+
+from features.window import WindowState
 
 
 class DeadLetterReason:
@@ -41,10 +44,14 @@ class DeadLetterReason:
 
 @dataclasses.dataclass(frozen=True)
 class RawEvent:
-    """A payload as it arrived, with the wall-clock second it was received (the latency clock starts here)."""
+    """A payload as it arrived, with the wall-clock second it was received (the latency clock starts here).
+
+    ``size``: the payload's true size in bytes when a source kept only its head (``payload``) because it is over
+    the payload limit; such an event can only be an oversize dead letter."""
 
     payload: bytes | str
     received_at: float
+    size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,28 +65,56 @@ class DeadLetter:
     device_id: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceNotice:
+    """What the stream tells a device's state when the device has sent nothing since ``last_seen`` (wall clock):
+    it is ``silent`` (an incident opens) or ``expire`` (its state is dropped)."""
+
+    SILENT = "silent"
+    EXPIRE = "expire"
+
+    kind: str
+    last_seen: float
+
+
 @dataclasses.dataclass
 class EventBatch:
-    """Valid events of one device, in arrival order, as columns."""
+    """Valid events of one device, in arrival order, as columns; an empty batch with a ``notice`` carries that
+    notice to the device's state instead of events."""
 
     device_id: str
     event_ids: np.ndarray  # (n,) object
     ts: np.ndarray  # (n,) float64 epoch seconds (event time)
     values: np.ndarray  # (n, n_sensors) float64
     received_at: np.ndarray  # (n,) float64 wall-clock seconds
+    notice: DeviceNotice | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
 
+    @classmethod
+    def of_notice(cls, device_id: str, notice: DeviceNotice, n_sensors: int) -> "EventBatch":
+        empty = np.empty(0)
+        return cls(device_id, empty.astype(object), empty, np.empty((0, n_sensors)), empty, notice)
+
+    def take(self, rows: np.ndarray) -> "EventBatch":
+        """The rows selected by a boolean mask or an index array, in that order."""
+        return EventBatch(self.device_id, self.event_ids[rows], self.ts[rows], self.values[rows],
+                          self.received_at[rows])
+
 
 @dataclasses.dataclass
 class FeatureBatch:
-    """An event batch with one feature row per event."""
+    """An event batch with one feature row per event, and the device's window state after it (persisted with the
+    batch's predictions, so a restarted stream resumes from it)."""
 
     events: EventBatch
     features: np.ndarray  # (n, n_features) float32
     filled: np.ndarray  # (n,) readings in each row's window; below the window size the device is warming up
     scaled_by: str | None = None  # the fingerprint of the MLTransform artifacts that scaled ``features``
+    imputed: np.ndarray | None = None  # (n, n_sensors) bool: the reading was missing and imputed
+    state: WindowState | None = None
+    late: np.ndarray | None = None  # (n,) bool: older than the device's window, scored without entering it
 
     def __len__(self) -> int:
         return len(self.events)
@@ -182,9 +217,10 @@ def validate_event(obj: object, rules: EventRules, now: float) -> tuple[str, str
         raise EventError(DeadLetterReason.WRONG_TYPE, "field 'readings' must be an object", device_id)
     values = []
     for sensor in rules.sensors:
-        if sensor not in readings:
-            raise EventError(DeadLetterReason.MISSING_FIELD, f"missing reading '{sensor}'", device_id)
-        value = readings[sensor]
+        value = readings.get(sensor)
+        if value is None:
+            values.append(math.nan)
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise EventError(DeadLetterReason.WRONG_TYPE,
                              f"reading '{sensor}' must be a number, got {repr(value)[:64]}", device_id)
@@ -193,6 +229,8 @@ def validate_event(obj: object, rules: EventRules, now: float) -> tuple[str, str
             raise EventError(DeadLetterReason.OUT_OF_RANGE,
                              f"reading '{sensor}' = {number:.6g} is beyond +/-{rules.max_abs_reading:.6g}", device_id)
         values.append(number)
+    if all(math.isnan(value) for value in values):
+        raise EventError(DeadLetterReason.MISSING_FIELD, "no reading of any sensor", device_id)
     event_id = default_event_id(device_id, ts, values) if obj.get("event_id") is None else \
         _text_field(obj, "event_id", device_id)
     return device_id, event_id, ts, values
@@ -212,8 +250,9 @@ def parse_events(raws: Iterable[RawEvent], rules: EventRules, now: float) -> tup
     for raw in raws:
         payload = raw.payload
         try:
-            if len(payload) > rules.max_payload_bytes:
-                raise EventError(DeadLetterReason.OVERSIZE, f"payload of {len(payload)} bytes exceeds {rules.max_payload_bytes}")
+            size = len(payload) if raw.size is None else raw.size
+            if size > rules.max_payload_bytes:
+                raise EventError(DeadLetterReason.OVERSIZE, f"payload of {size} bytes exceeds {rules.max_payload_bytes}")
             try:
                 obj = json.loads(payload)
             except (ValueError, UnicodeDecodeError) as exc:
@@ -222,7 +261,7 @@ def parse_events(raws: Iterable[RawEvent], rules: EventRules, now: float) -> tup
                 raise EventError(DeadLetterReason.BAD_JSON, "invalid JSON: nested too deeply") from None
             device_id, event_id, ts, values = validate_event(obj, rules, now)
         except EventError as err:
-            text = payload_text(payload)[: rules.max_payload_bytes]
+            text = payload_text(payload[: rules.max_payload_bytes])
             dead.append(DeadLetter(err.reason, str(err), text, raw.received_at, err.device_id))
             continue
         cols = columns.setdefault(device_id, ([], [], [], []))
@@ -250,7 +289,8 @@ def event_payload(device_id: str, ts: float, readings: dict[str, float], event_i
 
 
 def _number(value: float) -> str:
-    return repr(value) if math.isfinite(value) else json.dumps(value)
+    """A JSON number; NaN (a missing reading) is null."""
+    return repr(value) if math.isfinite(value) else "null" if math.isnan(value) else json.dumps(value)
 
 
 def encode_events(device_ids: Sequence[str], ts: Sequence[float], values: np.ndarray, sensors: Sequence[str],
@@ -266,6 +306,14 @@ def encode_events(device_ids: Sequence[str], ts: Sequence[float], values: np.nda
         event = f',"event_id":{json.dumps(event_ids[i])}' if event_ids is not None else ""
         payloads.append(f'{{"device_id":{device},"ts":{_number(when)}{event},"readings":{{{readings}}}}}')
     return payloads
+
+
+def event_dead_letters(events: EventBatch, reason: str, detail: str, sensors: Sequence[str]) -> list[DeadLetter]:
+    """Validated events refused after parsing, each with its payload in the wire format."""
+    payloads = encode_events([events.device_id] * len(events), events.ts, events.values, sensors,
+                             events.event_ids.tolist())
+    return [DeadLetter(reason, detail, payload, received, events.device_id)
+            for payload, received in zip(payloads, events.received_at.tolist())]
 
 
 def concat_batches(batches: Sequence[EventBatch]) -> EventBatch:

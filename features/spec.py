@@ -1,19 +1,28 @@
 """The feature spec (which sensors, window and statistics) and the MLTransform that scales its output."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from features.window import STATS, feature_names
+from features.window import STATS, Featurised, WindowState, advance, feature_names
 
 
 class FeatureSpec(BaseModel):
-    """What the model sees: the sensors read from each event and the rolling window summarising them."""
+    """What the model sees: the sensors read from each event and the rolling window summarising them.
+
+    ``max_gap_s``: a longer silence between two events of a device restarts its window (None: never; training
+    sets it to ten times the median sampling interval of its data when not configured). ``fill_values``: per sensor,
+    what a missing reading is imputed with before the device has reported that sensor (training sets the sensor's
+    median; None: 0).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sensors: tuple[str, ...] = Field(min_length=1)
     window: int = Field(30, ge=2, le=10_000)
     stats: tuple[str, ...] = STATS
+    max_gap_s: float | None = Field(None, gt=0)
+    fill_values: tuple[float, ...] | None = None
 
     @field_validator("stats")
     @classmethod
@@ -30,9 +39,31 @@ class FeatureSpec(BaseModel):
             raise ValueError("sensor names must be distinct")
         return sensors
 
+    @field_validator("fill_values")
+    @classmethod
+    def _finite_fill(cls, fill: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if fill is not None and not np.isfinite(fill).all():
+            raise ValueError("fill values must be finite")
+        return fill
+
+    @model_validator(mode="after")
+    def _fill_per_sensor(self) -> "FeatureSpec":
+        if self.fill_values is not None and len(self.fill_values) != len(self.sensors):
+            raise ValueError(f"fill_values has {len(self.fill_values)} values for {len(self.sensors)} sensors")
+        return self
+
     @property
     def feature_names(self) -> list[str]:
         return feature_names(self.sensors, self.stats)
+
+    def empty_state(self) -> WindowState:
+        return WindowState.empty(len(self.sensors))
+
+    def featurise(self, state: WindowState, ts: np.ndarray, values: np.ndarray) -> Featurised:
+        """A device's next events (in event-time order) -> features, imputed mask and state: the one rule that
+        training and streaming both apply (``features.window.advance``)."""
+        fill = np.zeros(len(self.sensors)) if self.fill_values is None else np.asarray(self.fill_values, np.float64)
+        return advance(state, ts, values, self.window, self.stats, fill, self.max_gap_s)
 
 
 def scaling_transform(spec: FeatureSpec):

@@ -3,8 +3,16 @@
 Row i's features depend only on rows max(0, i - W + 1) .. i, always computed over the same W-slot window (missing
 history is NaN and ignored), so a row gets bit-identical features whether it is computed in a whole-series batch job
 or in a streaming step that carries the last W - 1 rows as state.
+
+``advance`` is the whole per-device rule both paths apply, in event-time order: a missing reading (NaN) takes the
+last value seen of its sensor on that device (the version's fill value before any), and a gap longer than
+``max_gap_s`` between two events restarts the window (the device warms up again) instead of joining readings
+minutes apart.
 """
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -60,3 +68,64 @@ def window_fill(history_len: int, n: int, window: int) -> np.ndarray:
 def series_features(values: np.ndarray, window: int, stats: tuple[str, ...] = STATS) -> np.ndarray:
     """Features for a whole device series from its first reading (the batch path)."""
     return window_features(values[:0], values, window, stats)
+
+
+@dataclasses.dataclass
+class WindowState:
+    """What a device carries between batches: its newest W - 1 readings (missing ones imputed) and newest event time."""
+
+    tail: np.ndarray  # (<= W - 1, S) float64
+    newest: float = float("-inf")
+
+    @classmethod
+    def empty(cls, n_sensors: int) -> "WindowState":
+        return cls(np.empty((0, n_sensors)))
+
+
+@dataclasses.dataclass
+class Featurised:
+    """Features of one batch of a device's events, the readings imputed in it and the device's state after it."""
+
+    features: np.ndarray  # (n, S * len(stats)) float32
+    filled: np.ndarray  # (n,) readings in each row's window since the device (re)started
+    imputed: np.ndarray  # (n, S) bool: the reading was missing and imputed
+    state: WindowState
+
+
+def forward_fill(last: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows`` (n, S) with each NaN replaced by the latest earlier value of its column, ``last`` (S,) before row 0."""
+    stacked = np.concatenate([last[None, :], rows])
+    present = ~np.isnan(stacked)
+    source = np.where(present, np.arange(len(stacked))[:, None], 0)
+    np.maximum.accumulate(source, axis=0, out=source)
+    return stacked[source, np.arange(stacked.shape[1])][1:]
+
+
+def gap_starts(previous: float, ts: np.ndarray, max_gap_s: float | None) -> np.ndarray:
+    """Indices of the rows that start a new window: more than ``max_gap_s`` after the event before them."""
+    if max_gap_s is None or not len(ts):
+        return np.empty(0, dtype=np.int64)
+    before = np.concatenate([[previous], ts[:-1]])
+    return np.flatnonzero(ts - before > max_gap_s)
+
+
+def advance(state: WindowState, ts: np.ndarray, values: np.ndarray, window: int, stats: Sequence[str],
+            fill: np.ndarray, max_gap_s: float | None) -> Featurised:
+    """Features for a device's next events (``ts`` ascending, none older than ``state.newest``), imputing missing
+    readings (NaN) from the last value seen, else ``fill``, and restarting the window after each gap."""
+    n, n_sensors = values.shape
+    features = np.empty((n, n_sensors * len(stats)), dtype=np.float32)
+    filled = np.empty(n, dtype=np.int64)
+    tail = state.tail
+    bounds = [0, *gap_starts(state.newest, ts, max_gap_s).tolist(), n]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        if start == stop:
+            continue
+        if start > 0 or (len(bounds) > 2 and bounds[1] == 0):
+            tail = tail[:0]
+        rows = forward_fill(tail[-1] if len(tail) else fill, values[start:stop])
+        features[start:stop] = window_features(tail, rows, window, tuple(stats))
+        filled[start:stop] = window_fill(len(tail), stop - start, window)
+        tail = np.concatenate([tail, rows])[-(window - 1):]
+    newest = float(ts[-1]) if n else state.newest
+    return Featurised(features, filled, np.isnan(values), WindowState(tail, newest))

@@ -1,5 +1,5 @@
 """The streaming pipeline, built and never run here: source -> parse (dead letters) -> drop duplicates -> device
-features -> MLTransform -> RunInference -> score -> alerts -> sinks.
+features -> MLTransform -> RunInference -> score -> incidents -> sinks.
 
 ``create_pipeline`` is pure: it builds the graph for a config and a model version. The local run, the tests, the
 benchmarks and the Dataflow launch all call it, and the graph runs on any runner; runtime concerns (local runner
@@ -11,7 +11,7 @@ through comes out as a duplicate instead (counted, never predicted twice).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
@@ -20,14 +20,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from features.scaling import ScaleFeatures
 from features.schema import DeadLetter, EventRules
 from features.streaming import DeviceFeatures
+from features.window import WindowState
 from inference_pipeline.config import Config
 from inference_pipeline.connectors.base import Sink, Source
 from inference_pipeline.connectors.kinds import SOURCES
-from inference_pipeline.results import TABLES
-from inference_pipeline.steps.alerts import AlertSettings, DebounceAlerts
-from inference_pipeline.steps.dedup import DropDuplicates
+from inference_pipeline.results import TABLES, DeviceSnapshot, Restore
+from inference_pipeline.steps.alerts import AlertSettings, TrackIncidents
+from inference_pipeline.steps.dedup import DedupSettings, DropDuplicates
 from inference_pipeline.steps.metrics import ReportLiveMetrics
 from inference_pipeline.steps.parse import ParseEvents
+from inference_pipeline.steps.roster import FleetSettings
 from inference_pipeline.steps.score import ScorePredictions, batch_dead_letters
 from model_handlers.kinds import keyed_handler
 from model_handlers.model_version import ModelVersion
@@ -40,12 +42,12 @@ LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 class Outputs:
     """The pipeline's result collections, for sinks and tests.
 
-    Dead letters stay in parts by origin (``Parse``, ``Inference``, ``Score``) rather than flattened: the local
-    runner materializes a multi-input Flatten, which would hold a live stream's dead letters back until the end.
+    ``results``: one ``DeviceResults`` per device batch (predictions, incident updates, the device's state).
+    Dead letters stay in parts by origin (``Parse``, ``Inference``, ``Score``) rather than flattened: the
+    local runner materializes a multi-input Flatten, which would hold a live stream's dead letters back until the end.
     """
 
-    predictions: beam.PCollection
-    alerts: beam.PCollection
+    results: beam.PCollection
     dead_letters: dict[str, beam.PCollection]
     duplicates: beam.PCollection
 
@@ -64,64 +66,87 @@ def _failed_inference(element: tuple[list, tuple], sensors: tuple[str, ...]) -> 
     is the exception's one-line summary (the last line of its traceback)."""
     batch, (_, _, trace) = element
     detail = trace[-1].strip().replace("\n", " ") if trace else "inference failed"
-    for device_id, features in batch:
-        yield from batch_dead_letters(features, detail, device_id, sensors)
+    for _, features in batch:
+        yield from batch_dead_letters(features, detail, sensors)
 
 
 class ScoreEvents(beam.PTransform):
-    """list[RawEvent] -> Outputs: everything between a source and the sinks, for one model version."""
+    """list[RawEvent] -> Outputs: everything between a source and the sinks, for one model version.
+
+    ``restore`` (a sink's record, for a live stream on a runner whose state dies with the process) seeds each
+    device's dedup, window and alerting state the first time the device is seen."""
 
     def __init__(self, version: ModelVersion, rules: EventRules, model: ModelSettings, alerting: AlertSettings,
-                 dedup: DropDuplicates):
+                 dedup: DedupSettings, fleet: FleetSettings = FleetSettings(), restore: Restore | None = None):
         super().__init__()
         self._version = version
         self._rules = rules
         self._model = model
         self._alerting = alerting
         self._dedup = dedup
+        self._fleet = fleet
+        self._restore = restore
 
     def expand(self, raws: beam.PCollection) -> Outputs:
-        version, spec, alerting = self._version, self._version.feature_spec, self._alerting
-        parsed = raws | "ParseEvents" >> ParseEvents(self._rules)
-        unique = parsed.events | "DropDuplicates" >> self._dedup
-        features = unique.events | "DeviceFeatures" >> DeviceFeatures(spec)
+        version, spec, restore = self._version, self._version.feature_spec, self._restore
+        snapshot = restore.snapshot if restore is not None else None
+        parsed = raws | "ParseEvents" >> ParseEvents(self._rules, self._fleet)
+        unique = parsed.events | "DropDuplicates" >> DropDuplicates(self._dedup.horizon_s,
+                                                                    self._dedup.max_ids_per_device, restore)
+        features = unique.events | "DeviceFeatures" >> DeviceFeatures(spec, _window_of(snapshot))
         scaled = features | "ScaleFeatures" >> ScaleFeatures(spec, version.transform_dir,
-                                                             artifact_id=version.transform_id)
+                                                                      artifact_id=version.transform_id)
         inferred, failed = scaled | "RunInference" >> RunInference(
             keyed_handler(self._model, version)).with_exception_handling()
-        scored = inferred | "Score" >> ScorePredictions(alerting.threshold, spec)
-        alerts = scored.predictions | "Alerts" >> DebounceAlerts(alerting.open_after, alerting.close_after)
+        scored = inferred | "Score" >> ScorePredictions(self._alerting.threshold, spec)
+        results = scored.predictions | "TrackIncidents" >> TrackIncidents(self._alerting, snapshot)
         inference_errors = failed.failed_inferences | "InferenceErrors" >> beam.FlatMap(_failed_inference,
                                                                                           spec.sensors)
         dead = {"Parse": parsed.dead_letters, "Inference": inference_errors, "Score": scored.dead_letters}
-        return Outputs(scored.predictions, alerts, dead, unique.duplicates)
+        return Outputs(results, dead, unique.duplicates)
 
 
-def drop_duplicates(config: Config, sinks: Mapping[str, Sink], live: bool) -> DropDuplicates:
-    """Dedup by event id; a live stream also starts from the ids the first capable sink already predicted."""
-    dedup = config.dedup
-    restore = None
-    if live and dedup.restore_from_sink:
-        capable = (sink.predicted_ids(dedup.max_ids_per_device) for name, sink in sinks.items()
-                   if "predictions" in config.sinks[name].results)
-        restore = next((found for found in capable if found is not None), None)
-    return DropDuplicates(dedup.horizon_s, dedup.max_ids_per_device, restore)
+class _WindowOf:
+    """A device's persisted window state, from a snapshot reader (picklable, unlike a lambda)."""
+
+    def __init__(self, snapshot: Callable[[str], DeviceSnapshot | None]):
+        self._snapshot = snapshot
+
+    def __call__(self, device_id: str) -> WindowState | None:
+        found = self._snapshot(device_id)
+        return None if found is None else found.window
+
+
+def _window_of(snapshot: Callable[[str], DeviceSnapshot | None] | None) -> _WindowOf | None:
+    return None if snapshot is None else _WindowOf(snapshot)
+
+
+def restore_from(config: Config, sinks: Mapping[str, Sink], live: bool) -> Restore | None:
+    """What a live stream resumes from: the record of the first sink writing predictions that keeps one."""
+    if not (live and config.dedup.restore_from_sink):
+        return None
+    capable = (sink.restore(config.dedup.max_ids_per_device) for name, sink in sinks.items()
+               if "predictions" in config.sinks[name].results)
+    return next((found for found in capable if found is not None), None)
 
 
 def write_outputs(outputs: Outputs, config: Config, sinks: Mapping[str, Sink]) -> None:
-    """Each sink writes the result streams its settings name."""
-    streams = {"predictions": {"": outputs.predictions}, "alerts": {"": outputs.alerts},
-               "dead_letters": outputs.dead_letters}
+    """Each sink writes the result streams its settings name: predictions and alerts together from the device
+    results (one write, so a sink can record them in one transaction), dead letters from each origin."""
     for name, sink in sinks.items():
-        for stream in config.sinks[name].results:
-            for origin, values in streams[stream].items():
-                label = "".join(part.title() for part in stream.split("_"))
-                values | f"Write{origin}{label}To_{name}" >> sink.write(TABLES[stream])
+        streams = config.sinks[name].results
+        device_tables = tuple(TABLES[stream] for stream in streams if stream != "dead_letters")
+        if device_tables:
+            label = "And".join(table.name.title() for table in device_tables)
+            outputs.results | f"Write{label}To_{name}" >> sink.write(device_tables)
+        if "dead_letters" in streams:
+            for origin, letters in outputs.dead_letters.items():
+                letters | f"Write{origin}DeadLettersTo_{name}" >> sink.write((TABLES["dead_letters"],))
 
 
 def report_outputs(outputs: Outputs) -> None:
     """Counters and a periodic log line over every outcome: predictions, dead letters, duplicates."""
-    outputs.predictions | "ReportPredictions" >> ReportLiveMetrics()
+    outputs.results | "ReportPredictions" >> ReportLiveMetrics()
     for origin, letters in outputs.dead_letters.items():
         letters | f"Report{origin}DeadLetters" >> ReportLiveMetrics()
     outputs.duplicates | "ReportDuplicates" >> ReportLiveMetrics()
@@ -142,8 +167,8 @@ def create_pipeline(config: Config, version: ModelVersion, rules: EventRules,
     sinks = config.build_sinks()
     pipeline = beam.Pipeline(options=options or pipeline_options(config, streaming=source.live))
     raws = pipeline | "ReadEvents" >> source.read
-    outputs = raws | "ScoreEvents" >> ScoreEvents(version, rules, config.model, config.alerting,
-                                                  drop_duplicates(config, sinks, source.live))
+    outputs = raws | "ScoreEvents" >> ScoreEvents(version, rules, config.model, config.alerting, config.dedup,
+                                                  config.devices, restore_from(config, sinks, source.live))
     write_outputs(outputs, config, sinks)
     report_outputs(outputs)
     return StreamingGraph(pipeline, outputs, source)

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-import re
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from inference_pipeline.config import Config, ConfigError, load_config, parse_override
+from inference_pipeline.connectors.mqtt.redact import redact as redact_secrets
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -143,33 +147,67 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-_URL_PASSWORD = re.compile(r"(\w+://[^\s/:@]*):[^\s/@]*@")
+# Environment variables holding secrets: the MQTT password and MLflow's tracking credentials.
+_SECRET_VARIABLES = ("IOTML_MQTT_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 def redact(text: str) -> str:
-    """``text`` with URL passwords and the value of the MQTT password variable replaced by ``***``."""
-    text = _URL_PASSWORD.sub(r"\1:***@", text)
-    secret = os.environ.get("IOTML_MQTT_PASSWORD")
-    return text.replace(secret, "***") if secret else text
+    """``text`` with URL passwords and the values of the secret environment variables replaced by ``***``."""
+    return redact_secrets(text, [os.environ.get(variable) for variable in _SECRET_VARIABLES])
 
 
 class _RedactSecrets(logging.Filter):
-    """A last line of defence: no log record leaves with a credential in it."""
+    """A last line of defence: no log record leaves with a credential in it (message, traceback or stack)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            trace = logging.Formatter().formatException(record.exc_info)
+            if redact(trace) != trace:
+                record.exc_text = redact(trace)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
+
+
+class _RedactedRecords:
+    """A log record factory masking every record as it is made: whichever logger makes it and whichever handler
+    writes it (MLflow gives ``mlflow``, ``alembic`` and ``sqlalchemy.engine`` handlers of their own, and code may add
+    handlers later), no logging filter could see them all."""
+
+    def __init__(self, make_record: Callable[..., logging.LogRecord]):
+        self._make_record = make_record
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self._make_record(*args, **kwargs)
+        with contextlib.suppress(Exception):  # a record that cannot be formatted fails in its handler as before
+            _RedactSecrets().filter(record)
+        return record
+
+
+def _report_uncaught(kind: type[BaseException], value: BaseException, trace: TracebackType | None) -> None:
+    """Uncaught errors' tracebacks, masked (MLflow's errors quote the tracking URI whole)."""
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, trace))))
+
+
+def _mask_secrets() -> None:
+    """Mask credentials in log records, warnings (routed through logging) and uncaught tracebacks; and keep MLflow
+    from printing run links, which carry the tracking URI's password."""
+    if not isinstance(logging.getLogRecordFactory(), _RedactedRecords):
+        logging.setLogRecordFactory(_RedactedRecords(logging.getLogRecordFactory()))
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING)
+    sys.excepthook = _report_uncaught
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(existing, _RedactSecrets) for existing in handler.filters):
-            handler.addFilter(_RedactSecrets())
+    _mask_secrets()
     for ours in ("inference_pipeline", "training", "features", "model_handlers"):
         logging.getLogger(ours).setLevel(logging.INFO)
     args = parser().parse_args(argv)

@@ -19,11 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from features.spec import FeatureSpec
 from inference_pipeline.connectors.base import ConnectorSettings, Sink, SinkContext, SinkSettings
 from inference_pipeline.connectors.kinds import SINKS, SOURCES
+from inference_pipeline.connectors.mqtt.settings import MqttSourceSettings
 from inference_pipeline.connectors.replay import ReplaySettings
 from inference_pipeline.connectors.sqlite import SqliteSettings
 from inference_pipeline.steps.alerts import AlertSettings
 from inference_pipeline.steps.dedup import DedupSettings
 from inference_pipeline.steps.parse import EventSettings
+from inference_pipeline.steps.roster import FleetSettings
 from model_handlers.kinds import HANDLERS
 from model_handlers.settings import ModelSettings
 from model_handlers.torch_handler import TorchSettings
@@ -38,6 +40,17 @@ DEFAULT_KINDS = {"model": ("handler", "torch"), "source": ("kind", "replay")}
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the offending field."""
+
+
+def check_dedup_covers_redelivery(source: ConnectorSettings, dedup: DedupSettings) -> None:
+    """After a reconnect an MQTT broker resends every unacknowledged message: up to ``source.mqtt.max_inflight``
+    (the Receive Maximum), all possibly of one device. Dedup must remember at least that many ids per device, or a
+    resent copy of an event it already forgot is predicted twice."""
+    if isinstance(source, MqttSourceSettings) and dedup.max_ids_per_device < source.mqtt.max_inflight:
+        raise ValueError(
+            f"dedup.max_ids_per_device ({dedup.max_ids_per_device}) is below source.mqtt.max_inflight "
+            f"({source.mqtt.max_inflight}), the unacknowledged messages a broker resends after a reconnect: "
+            "raise dedup.max_ids_per_device or lower source.mqtt.max_inflight")
 
 
 class Config(BaseModel):
@@ -55,6 +68,7 @@ class Config(BaseModel):
     alerting: AlertSettings = AlertSettings()
     sinks: dict[str, SinkSettings] = Field(default_factory=lambda: {"results": SqliteSettings()})
     dedup: DedupSettings = DedupSettings()
+    devices: FleetSettings = FleetSettings()
     pipeline_options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -67,6 +81,11 @@ class Config(BaseModel):
                 if isinstance(data.get(section), Mapping) and discriminator not in data[section]:
                     data[section] = {discriminator: default, **data[section]}
         return data
+
+    @model_validator(mode="after")
+    def _dedup_covers_redelivery(self) -> Config:
+        check_dedup_covers_redelivery(self.source, self.dedup)
+        return self
 
     @model_validator(mode="after")
     def _sinks_can_be_built(self) -> "Config":

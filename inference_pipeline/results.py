@@ -1,7 +1,10 @@
 """The pipeline's results: their value types and the one schema every sink derives its format from.
 
 Three result streams leave the pipeline: ``predictions`` (one row per event scored), ``alerts`` (one row per
-incident, upserted as it opens and closes) and ``dead_letters`` (one row per rejected event). Each is a ``Table`` of
+incident, upserted as it opens and closes) and ``dead_letters`` (one row per rejected event). Predictions and alerts
+travel together, per device batch, as ``DeviceResults`` with the device's state after the batch
+(``DeviceSnapshot``), so a sink can record all three in one transaction and a restarted stream resume from it
+(``device_state``). Each is a ``Table`` of
 typed ``Column``s; the SQLite DDL, the JSON topic messages and the row tuples all come from it, so a new sink (a
 warehouse, say) maps column types once instead of copying column lists.
 """
@@ -9,17 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from features.schema import DeadLetter
+from features.schema import DeadLetter, DeviceNotice
+from features.window import WindowState
 
 ColumnType = Literal["text", "real", "integer", "json"]
-
-# (device_id, oldest event time of interest) -> (event_id, event_time) pairs already predicted, oldest first.
-Restore = Callable[[str, float], Iterable[tuple[str, float]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,11 @@ class Table:
         return [json.dumps(dict(zip(names, row)), separators=(",", ":"), default=str) for row in self.rows(value)]
 
 
+def table_messages(value: Any, tables: Sequence[Table]) -> list[str]:
+    """A result value's rows of each of ``tables``, as JSON messages (what message sinks publish)."""
+    return [message for table in tables for message in table.messages(value)]
+
+
 def _json_column(values: Sequence[Any]) -> list[str | None]:
     return [None if value is None else json.dumps(value, separators=(",", ":")) for value in values]
 
@@ -78,6 +84,10 @@ class PredictionBatch:
     label: list[str | None] | None = None
     class_probabilities: list[dict[str, float] | None] | None = None
     sensor_contributions: list[dict[str, float] | None] | None = None
+    imputed: list[list[str] | None] | None = None  # per row, the sensors whose missing reading was imputed
+    state: WindowState | None = None  # the device's window state after this batch
+    notice: DeviceNotice | None = None  # a roster notice passing through (a batch without rows)
+    late: np.ndarray | None = None  # (n,) bool: scored against the device's window without entering it
 
     @property
     def is_anomaly(self) -> np.ndarray:
@@ -98,13 +108,15 @@ class PredictionBatch:
             "is_anomaly": self.is_anomaly.tolist(), "window_fill": self.window_fill.tolist(),
             "model_name": [self.model_name] * n, "model_version": [self.model_version] * n,
             "label": self.label or missing, "class_probabilities": self.class_probabilities or missing,
-            "sensor_contributions": self.sensor_contributions or missing,
+            "sensor_contributions": self.sensor_contributions or missing, "imputed": self.imputed or missing,
+            "late": [0] * n if self.late is None else self.late.astype(np.int8).tolist(),
         }
 
 
 @dataclasses.dataclass
 class Incident:
-    """An alert: emitted when it opens (end_time None) and again when it closes."""
+    """An alert: emitted when it opens (end_time None) and again when it closes. ``kind``: ``anomaly`` (the model's
+    scores), ``sensor_missing`` (``sensor`` stopped reporting) or ``device_silent`` (the device stopped sending)."""
 
     incident_id: str
     device_id: str
@@ -115,18 +127,83 @@ class Incident:
     status: str
     model_name: str
     model_version: str
+    kind: str = "anomaly"
+    sensor: str | None = None
 
     def records(self) -> dict[str, Sequence[Any]]:
         return {field.name: [getattr(self, field.name)] for field in dataclasses.fields(self)}
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class DeviceSnapshot:
+    """A device's state after a batch: its window, its alerting state (``steps.alerts``, as JSON) and the incident
+    updates the batch produced (sent again at restore, so a topic hears them at least once)."""
+
+    device_id: str
+    window: WindowState
+    alerting: dict[str, Any]
+    pending: list[Incident]
+    updated_at: float
+
+    def to_json(self) -> str:
+        tail = self.window.tail
+        return json.dumps({"tail": tail.tolist(), "width": tail.shape[1], "newest": self.window.newest,
+                           "alerting": self.alerting, "pending": [i.to_json() for i in self.pending]})
+
+    @classmethod
+    def from_json(cls, device_id: str, text: str, updated_at: float) -> "DeviceSnapshot":
+        data = json.loads(text)
+        tail = np.asarray(data["tail"], dtype=np.float64).reshape(-1, data["width"])
+        window = WindowState(tail, float(data["newest"]))
+        return cls(device_id, window, data["alerting"], [Incident(**i) for i in data["pending"]], updated_at)
+
+
+@dataclasses.dataclass
+class DeviceResults:
+    """What one device batch produced: its predictions, incident updates, and the device's state after it."""
+
+    predictions: PredictionBatch
+    incidents: list[Incident]
+    snapshot: DeviceSnapshot | None
+
+
+class Restore(Protocol):
+    """What a sink recorded that a restarted stream resumes from (on runners whose state dies with the process)."""
+
+    def seen_ids(self, device_id: str, since: float) -> list[tuple[str, float]]:
+        """(event_id, event_time) already predicted for the device since a time, at most the newest ``max_ids``,
+        oldest first."""
+
+    def snapshot(self, device_id: str) -> DeviceSnapshot | None:
+        """The device's state persisted with its last predictions (None: none)."""
 
 
 def _dead_letter_records(letter: DeadLetter) -> dict[str, Sequence[Any]]:
     return {field.name: [getattr(letter, field.name)] for field in dataclasses.fields(letter)}
 
 
-def _prediction_records(element: tuple[str, PredictionBatch] | PredictionBatch) -> dict[str, Sequence[Any]]:
+def _prediction_records(element: DeviceResults | tuple[str, PredictionBatch] | PredictionBatch
+                        ) -> dict[str, Sequence[Any]]:
+    if isinstance(element, DeviceResults):
+        return element.predictions.records()
     batch = element[1] if isinstance(element, tuple) else element
     return batch.records()
+
+
+def _alert_records(element: DeviceResults | Incident) -> dict[str, Sequence[Any]]:
+    incidents = element.incidents if isinstance(element, DeviceResults) else [element]
+    names = [field.name for field in dataclasses.fields(Incident)]
+    return {name: [getattr(incident, name) for incident in incidents] for name in names}
+
+
+def _state_records(element: Any) -> dict[str, Sequence[Any]]:
+    snapshot = element.snapshot if isinstance(element, DeviceResults) else None
+    snapshots = [snapshot] if snapshot is not None else []
+    return {"device_id": [s.device_id for s in snapshots], "state": [s.to_json() for s in snapshots],
+            "updated_at": [s.updated_at for s in snapshots]}
 
 
 PREDICTIONS = Table("predictions", (
@@ -135,19 +212,27 @@ PREDICTIONS = Table("predictions", (
     Column("raw_score", "real"), Column("threshold", "real"), Column("is_anomaly", "integer"),
     Column("window_fill", "integer"), Column("model_name", "text"), Column("model_version", "text"),
     Column("label", "text", nullable=True), Column("class_probabilities", "json", nullable=True),
-    Column("sensor_contributions", "json", nullable=True),
+    Column("sensor_contributions", "json", nullable=True), Column("imputed", "json", nullable=True),
+    Column("late", "integer"),
 ), _prediction_records, index=("device_id", "event_time"))
 
 ALERTS = Table("alerts", (
     Column("incident_id", "text"), Column("device_id", "text"), Column("start_time", "real"),
     Column("end_time", "real", nullable=True), Column("peak_score", "real"), Column("n_events", "integer"),
-    Column("status", "text"), Column("model_name", "text"), Column("model_version", "text"),
-), Incident.records, key="incident_id")
+    Column("status", "text"), Column("model_name", "text"), Column("model_version", "text"), Column("kind", "text"),
+    Column("sensor", "text", nullable=True),
+), _alert_records, key="incident_id")
 
 DEAD_LETTERS = Table("dead_letters", (
     Column("reason", "text"), Column("detail", "text"), Column("payload", "text"), Column("received_at", "real"),
     Column("device_id", "text", nullable=True),
 ), _dead_letter_records)
+
+# Not a result stream: what a sink that writes predictions records beside them for a restart (``state`` is
+# ``DeviceSnapshot.to_json``).
+DEVICE_STATE = Table("device_state", (
+    Column("device_id", "text"), Column("state", "text"), Column("updated_at", "real"),
+), _state_records, key="device_id")
 
 TABLES: dict[str, Table] = {table.name: table for table in (PREDICTIONS, ALERTS, DEAD_LETTERS)}
 ResultStream = Literal["predictions", "alerts", "dead_letters"]

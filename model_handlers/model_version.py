@@ -6,6 +6,8 @@
     transform/          the MLTransform artifacts fitted on this version's training features
     MLmodel             an MLflow pyfunc model over the same folder (``model_handlers.pyfunc``): scaled feature
                         rows in, raw and anomaly scores out, so ``mlflow models serve`` and any MLflow tool load it
+    manifest.json       the SHA-256 of every other file (``model_handlers.manifest``): a version is opened and
+                        loaded only when its files match it, and its ``attributes.json`` is allow-listed
 
 Nothing here imports a framework: remote handler kinds read a version without torch.
 """
@@ -17,7 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from features.artifact_trust import trusted_attributes
 from features.spec import FeatureSpec
+from model_handlers.manifest import verify_manifest, write_manifest
 
 META = "model.json"
 WEIGHTS = "model.safetensors"
@@ -35,18 +39,26 @@ def transform_fingerprint(transform_dir: Path) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ModelVersion:
-    """A version on local disk, read-only."""
+    """A version on local disk, read-only; ``manifest_sha256`` is the digest of the manifest it was opened with."""
 
     path: Path
     meta: dict[str, Any]
+    manifest_sha256: str | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> "ModelVersion":
+    def open(cls, path: str | Path, manifest_sha256: str | None = None) -> ModelVersion:
+        """The version in ``path``, verified: its files match its manifest, whose digest is ``manifest_sha256`` when
+        given (the registry's), and its MLTransform attributes are allow-listed; else UntrustedModelError."""
         path = Path(path)
-        meta_file = path / META
-        if not meta_file.is_file():
+        if not (path / META).is_file():
             raise FileNotFoundError(f"{path} is not a model version: {META} is missing")
-        return cls(path, json.loads(meta_file.read_text()))
+        digest = verify_manifest(path, manifest_sha256)
+        trusted_attributes(path / TRANSFORM)
+        return cls(path, json.loads((path / META).read_text()), digest)
+
+    def verify(self) -> None:
+        """Refuse (UntrustedModelError) if the folder changed since it was opened: run before loading from it."""
+        verify_manifest(self.path, self.manifest_sha256)
 
     @property
     def feature_spec(self) -> FeatureSpec:
@@ -77,14 +89,15 @@ class ModelVersion:
     def version(self) -> str:
         return str(self.meta.get("version", "local"))
 
-    def with_identity(self, name: str, version: str) -> "ModelVersion":
+    def with_identity(self, name: str, version: str) -> ModelVersion:
         """The same version labelled with the registry's name and version."""
         return dataclasses.replace(self, meta={**self.meta, "name": name, "version": version})
 
 
 def write_model_version(path: Path, spec: FeatureSpec, architecture: dict[str, Any], threshold: float,
                         metrics: dict[str, float], name: str) -> ModelVersion:
-    """Write model.json and the MLmodel file into ``path``, which already holds the weights and transform/."""
+    """Write model.json, the MLmodel file and, last, the manifest into ``path``, which already holds the weights
+    and transform/."""
     if not (path / TRANSFORM).is_dir():
         raise FileNotFoundError(f"{path / TRANSFORM} is missing: fit the MLTransform artifacts first")
     meta = {
@@ -97,7 +110,7 @@ def write_model_version(path: Path, spec: FeatureSpec, architecture: dict[str, A
     }
     (path / META).write_text(json.dumps(meta, indent=2))
     _write_mlmodel(path, spec)
-    return ModelVersion(path, meta)
+    return ModelVersion(path, meta, write_manifest(path))
 
 
 def _write_mlmodel(path: Path, spec: FeatureSpec) -> None:

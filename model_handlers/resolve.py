@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from model_handlers.manifest import MANIFEST_TAG, UntrustedModelError
 from model_handlers.model_version import ModelVersion
 
 
@@ -27,7 +28,8 @@ def without_credentials(uri: str) -> str:
 
 
 def resolve_model_version(uri: str, tracking_uri: str, cache_dir: Path) -> ModelVersion:
-    """Download (once) the version a registry reference points at; a version folder is opened as is."""
+    """Download (once) the version a registry reference points at and open it verified against the manifest digest
+    the registry recorded for it; a version folder is opened verified against its own manifest."""
     if not uri.startswith("models:/"):
         return ModelVersion.open(uri)
     import mlflow
@@ -41,6 +43,11 @@ def resolve_model_version(uri: str, tracking_uri: str, cache_dir: Path) -> Model
         where = without_credentials(tracking_uri)
         detail = exc.message.replace(tracking_uri, where)
         raise LookupError(f"model.uri: {uri} not found in the registry at {where}: {detail}") from None
+    expected = found.tags.get(MANIFEST_TAG)
+    if not expected:
+        raise UntrustedModelError(f"model.uri: {uri} is version {found.version}, which the registry holds no "
+                                  f"{MANIFEST_TAG} tag for, so its files cannot be checked; refused (register it "
+                                  f"with iotml train)")
     target = cache_dir / name / str(found.version)
     if not (target / "model.json").is_file():
         target.mkdir(parents=True, exist_ok=True)
@@ -51,4 +58,4 @@ def resolve_model_version(uri: str, tracking_uri: str, cache_dir: Path) -> Model
             for item in downloaded[0].iterdir():
                 item.rename(target / item.name)
             downloaded[0].rmdir()
-    return ModelVersion.open(target).with_identity(name, str(found.version))
+    return ModelVersion.open(target, expected).with_identity(name, str(found.version))

@@ -44,7 +44,9 @@ def save_network(network: torch.nn.Module, path: Path) -> None:
 
 
 def load_network(version: ModelVersion, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The version's network, built from its ``architecture`` and loaded with its weights."""
+    """The version's network, built from its ``architecture`` and loaded with its weights once the version's files
+    are verified unchanged since it was opened."""
+    version.verify()
     architecture: dict[str, Any] = version.architecture
     kind = architecture.pop("kind")
     if kind not in ARCHITECTURES:

@@ -42,17 +42,18 @@ class JsonFileSink(Sink):
     def __init__(self, settings: FileSinkSettings, context):
         self._folder = settings.folder
 
-    def write(self, table):
-        return beam.ParDo(_AppendJson(self._folder, table))
+    def write(self, tables):
+        return beam.ParDo(_AppendJson(self._folder, tables))
 
 
 class _AppendJson(beam.DoFn):
-    def __init__(self, folder, table):
-        self._folder, self._table = folder, table
+    def __init__(self, folder, tables):
+        self._folder, self._tables = folder, tables
 
     def process(self, value):
-        with open(f"{self._folder}/{self._table.name}.jsonl", "a") as handle:
-            handle.writelines(message + "\n" for message in self._table.messages(value))
+        for table in self._tables:
+            with open(f"{self._folder}/{table.name}.jsonl", "a") as handle:
+                handle.writelines(message + "\n" for message in table.messages(value))
 
 
 class ConstantSettings(ModelSettings):

@@ -15,7 +15,6 @@ import pandas as pd
 from features.scaling import ScaleFeatures
 from features.schema import EventBatch, FeatureBatch
 from features.spec import FeatureSpec
-from features.window import series_features, window_fill
 from training.simulate import read_frame
 
 
@@ -34,13 +33,33 @@ class DeviceFeatures:
         return self.filled >= window
 
 
+GAP_INTERVALS = 10
+
+
 def clean_rows(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """Rows whose readings are all finite (the same rule the streaming parser applies)."""
-    missing = [sensor for sensor in spec.sensors if sensor not in frame.columns]
-    if missing:
-        raise ValueError(f"training data lacks sensor columns {missing}")
+    """The rules the streaming parser applies: readings finite or missing (NaN, imputed later), at least one
+    present."""
+    absent = [sensor for sensor in spec.sensors if sensor not in frame.columns]
+    if absent:
+        raise ValueError(f"training data lacks sensor columns {absent}")
     values = frame[list(spec.sensors)].to_numpy(dtype=np.float64)
-    return frame[np.isfinite(values).all(axis=1)]
+    present = np.isfinite(values)
+    return frame[(present | np.isnan(values)).all(axis=1) & present.any(axis=1)]
+
+
+def fitted_spec(frame: pd.DataFrame, spec: FeatureSpec) -> FeatureSpec:
+    """The spec with what training data decides when the config leaves it open: each sensor's median as its fill
+    value, and ``GAP_INTERVALS`` times the median sampling interval as the gap that restarts a window."""
+    frame = clean_rows(frame, spec)
+    update = {}
+    if spec.fill_values is None:
+        medians = np.nan_to_num(np.nanmedian(frame[list(spec.sensors)].to_numpy(dtype=np.float64), axis=0))
+        update["fill_values"] = tuple(float(value) for value in medians)
+    if spec.max_gap_s is None:
+        steps = frame.sort_values(["device_id", "ts"]).groupby("device_id")["ts"].diff().to_numpy()
+        steps = steps[np.isfinite(steps) & (steps > 0)]
+        update["max_gap_s"] = max(1.0, GAP_INTERVALS * float(np.median(steps))) if len(steps) else None
+    return spec.model_copy(update=update)
 
 
 def device_batches(frame: pd.DataFrame, spec: FeatureSpec) -> Iterator[tuple[str, EventBatch]]:
@@ -56,10 +75,10 @@ def device_batches(frame: pd.DataFrame, spec: FeatureSpec) -> Iterator[tuple[str
 
 
 def batch_features(element: tuple[str, EventBatch], spec: FeatureSpec) -> tuple[str, FeatureBatch]:
-    """The batch path: a device's whole series at once, from its first reading."""
+    """The batch path: a device's whole series at once, from its first reading, by the streaming rule."""
     device_id, events = element
-    features = series_features(events.values, spec.window, spec.stats)
-    return device_id, FeatureBatch(events, features, window_fill(0, len(events), spec.window))
+    out = spec.featurise(spec.empty_state(), events.ts, events.values)
+    return device_id, FeatureBatch(events, out.features, out.filled, imputed=out.imputed)
 
 
 class _ReadDeviceSeries(beam.DoFn):

@@ -22,7 +22,7 @@ def corrupt(payload: str, kind: str, max_payload_bytes: int = 65536) -> str:
     if kind == DeadLetterReason.BAD_JSON:
         return json.dumps(event)[:-7]
     if kind == DeadLetterReason.MISSING_FIELD:
-        del event["readings"][sensor]
+        del event["ts"]
     elif kind == DeadLetterReason.WRONG_TYPE:
         event["readings"][sensor] = "high"
     elif kind == DeadLetterReason.NON_FINITE:

@@ -7,6 +7,8 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
+from model_handlers.manifest import MANIFEST_TAG, verify_manifest
+
 CHAMPION = "champion"
 BUNDLE_ARTIFACT = "bundle"
 
@@ -44,7 +46,9 @@ def champion_metric(client: MlflowClient, name: str, metric: str) -> tuple[str |
 def register_run(tracking_uri: str, experiment: str, artifact_root: Path, model_name: str, bundle_dir: Path,
                  params: dict, metrics: dict[str, float], plots: list[Path], eval_metric: str,
                  promote: bool = False) -> Registration:
-    """Log a run (params, metrics, plots, bundle), register the bundle as a new version, maybe move the alias."""
+    """Log a run (params, metrics, plots, bundle), register the bundle as a new version tagged with its manifest's
+    digest (the bundle is verified against its manifest first), maybe move the alias."""
+    manifest_sha256 = verify_manifest(bundle_dir)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -59,7 +63,8 @@ def register_run(tracking_uri: str, experiment: str, artifact_root: Path, model_
         client.get_registered_model(model_name)
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(model_name, description="Window-feature autoencoder for sensor anomalies")
-    version = client.create_model_version(model_name, source=source, run_id=run.info.run_id)
+    version = client.create_model_version(model_name, source=source, run_id=run.info.run_id,
+                                          tags={MANIFEST_TAG: manifest_sha256})
     client.set_model_version_tag(model_name, version.version, eval_metric, str(metrics.get(eval_metric)))
     current, current_value = champion_metric(client, model_name, eval_metric)
     new_value = metrics.get(eval_metric)

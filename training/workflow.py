@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from features.spec import FeatureSpec
 from model_handlers.model_version import TRANSFORM, write_model_version
 from model_handlers.torch_model import save_network
-from training.feature_pipeline import run_feature_pipeline
+from training.feature_pipeline import fitted_spec, run_feature_pipeline
 from training.register import Registration, register_run
 from training.simulate import read_frame
 from training.train import detection_metrics, errors_of, fit_autoencoder, split_holdout
@@ -52,6 +52,7 @@ def train_and_register(train_table: Path, eval_table: Path, spec: FeatureSpec, t
                        progress: bool = True) -> TrainingRun:
     """Fit MLTransform and the autoencoder on ``train_table`` (normal data), score ``eval_table`` (labelled)."""
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    spec = fitted_spec(read_frame(train_table), spec)
     bundle_dir = work_dir / "bundles" / run_id
     scratch = work_dir / "features" / run_id
     train_shards = run_feature_pipeline(train_table, spec, bundle_dir / TRANSFORM, scratch / "train", True, options)

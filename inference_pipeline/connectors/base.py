@@ -7,14 +7,16 @@ config) and a factory, registered in ``connectors.kinds`` (``SOURCES`` or ``SINK
   run with streaming options and may redeliver after a restart; ``stop(True)`` (if any) asks the stream to drain
   gracefully, ``stop(False)`` lets a new stream run again; ``check()`` (if any) raises ConnectionError when the
   external system cannot be reached, so a run fails at start instead of retrying forever.
-- sink factory ``(settings, context) -> Sink``: ``write(table)`` consumes one result stream (``results.TABLES``),
-  for each stream named in the settings' ``results``. A sink that can tell which events it already holds
-  predictions for offers ``predicted_ids`` (dedup after a restart reads it).
+- sink factory ``(settings, context) -> Sink``: ``write(tables)`` consumes a collection whose every value yields
+  rows of each of ``tables`` (``results.TABLES``: the streams named in the settings' ``results``; predictions and
+  alerts come together as ``DeviceResults``). A sink that records enough to resume from offers ``restore``
+  (``results.Restore``: the ids it predicted and each device's state; a live stream restarted after a crash reads
+  it).
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,11 +63,11 @@ class SinkContext:
 class Sink:
     """A configured sink; subclasses implement ``write``."""
 
-    def write(self, table: Table) -> beam.PTransform:
+    def write(self, tables: Sequence[Table]) -> beam.PTransform:
         raise NotImplementedError
 
-    def predicted_ids(self, max_ids: int) -> Restore | None:
-        """Ids this sink already holds predictions for, per device (None: it cannot tell)."""
+    def restore(self, max_ids: int) -> Restore | None:
+        """What this sink recorded to resume from, at most ``max_ids`` ids per device (None: it cannot tell)."""
         return None
 
 

@@ -7,6 +7,7 @@ features. Pub/Sub delivers at least once: the pipeline's dedup step drops redeli
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import apache_beam as beam
@@ -14,7 +15,7 @@ from pydantic import Field
 
 from features.schema import EventRules, RawEvent
 from inference_pipeline.connectors.base import ConnectorSettings, Sink, SinkContext, SinkSettings, Source
-from inference_pipeline.results import Table
+from inference_pipeline.results import Table, table_messages
 
 
 class PubSubSourceSettings(ConnectorSettings):
@@ -53,10 +54,10 @@ class ReadPubSubEvents(beam.PTransform):
 
 
 @beam.ptransform_fn
-def PublishToPubSub(values: beam.PCollection, table: Table, topic: str) -> beam.PCollection:
-    """Result values -> one JSON message per row -> a Pub/Sub topic."""
+def PublishToPubSub(values: beam.PCollection, tables: Sequence[Table], topic: str) -> beam.PCollection:
+    """Result values -> one JSON message per row of each table -> a Pub/Sub topic."""
     return (values
-            | "ToJson" >> beam.FlatMap(table.messages)
+            | "ToJson" >> beam.FlatMap(table_messages, tuple(tables))
             | "Encode" >> beam.Map(str.encode).with_output_types(bytes)
             | "PubSub" >> beam.io.WriteToPubSub(topic))
 
@@ -69,5 +70,5 @@ class PubSubSink(Sink):
     def __init__(self, settings: PubSubSinkSettings, context: SinkContext):
         self._topic = settings.topic
 
-    def write(self, table: Table) -> beam.PTransform:
-        return PublishToPubSub(table, self._topic)
+    def write(self, tables: Sequence[Table]) -> beam.PTransform:
+        return PublishToPubSub(tables, self._topic)

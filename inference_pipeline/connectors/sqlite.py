@@ -1,27 +1,52 @@
 """``kind: sqlite``: results in one embedded SQLite database (predictions, alerts upserted per incident, dead
-letters), tables derived from ``results.TABLES``. It can tell which events it already predicted (``predicted_ids``),
-which the dedup step reads when a live stream restarts after a crash on the local runner."""
+letters), tables derived from ``results.TABLES``.
+
+A device batch's predictions, incident updates and the device's state after it (``device_state``) are committed in
+one transaction, before the source acknowledges the batch; WAL with ``synchronous=FULL`` makes that commit survive a
+power loss, not only a crash. A live stream restarted after a crash resumes from what was committed
+(``SqliteRestore``: the ids already predicted, each device's window and alerting state). ``retention`` bounds the
+disk: rows older than ``max_age_s`` and all but the newest ``max_rows`` of each table are deleted as the stream runs.
+"""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import apache_beam as beam
+from pydantic import BaseModel, ConfigDict, Field
 
 from inference_pipeline.connectors.base import Sink, SinkContext, SinkSettings
-from inference_pipeline.results import TABLES, Restore, Table
+from inference_pipeline.results import DEVICE_STATE, PREDICTIONS, TABLES, DeviceSnapshot, Table
 
 _SQL_TYPES = {"text": "TEXT", "real": "REAL", "integer": "INTEGER", "json": "TEXT"}
 DEFAULT_FILE = "results.db"
+# The column each table ages by (wall-clock seconds), for retention.
+_AGE_COLUMN = {"predictions": "received_at", "dead_letters": "received_at", "alerts": "end_time",
+               "device_state": "updated_at"}
+
+
+class RetentionSettings(BaseModel):
+    """Rows kept: those younger than ``max_age_s`` (by arrival; alerts once closed) and at most the newest
+    ``max_rows`` of each table (None: no limit). Checked every ``every_s`` seconds while the stream writes. Keep
+    ``max_age_s`` above ``dedup.horizon_s``: a restart reads back the ids predicted within that horizon."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_age_s: float | None = Field(None, gt=0)
+    max_rows: int | None = Field(None, ge=1)
+    every_s: float = Field(60.0, gt=0)
 
 
 class SqliteSettings(SinkSettings):
-    """``path``: the database file (default ``<work_dir>/results.db``)."""
+    """``path``: the database file (default ``<work_dir>/results.db``); ``retention``: see ``RetentionSettings``."""
 
     kind: Literal["sqlite"] = "sqlite"
     path: str | None = None
+    retention: RetentionSettings = RetentionSettings()
 
 
 def table_ddl(table: Table) -> str:
@@ -36,16 +61,27 @@ def table_ddl(table: Table) -> str:
     return ddl
 
 
-SCHEMA = "\n".join(table_ddl(table) for table in TABLES.values())
+ALL_TABLES = (*TABLES.values(), DEVICE_STATE)
+SCHEMA = "\n".join(table_ddl(table) for table in ALL_TABLES)
+
+
+def _add_missing_columns(connection: sqlite3.Connection) -> None:
+    """A database written by an earlier release gains the columns added since (nullable)."""
+    for table in ALL_TABLES:
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table.name})")}
+        for column in table.columns:
+            if column.name not in present:
+                connection.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {_SQL_TYPES[column.type]}")
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (creating if needed) the results database."""
+    """Open (creating or upgrading if needed) the results database; commits are durable (WAL, synchronous=FULL)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(str(path), timeout=30.0)
     connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA synchronous=FULL")
     connection.executescript(SCHEMA)
+    _add_missing_columns(connection)
     return connection
 
 
@@ -55,62 +91,103 @@ def insert_statement(table: Table) -> str:
     return f"{verb} INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
 
 
-class _WriteFn(beam.DoFn):
-    """Writes each element's rows and commits, so results are readable as soon as they are produced."""
+def prune(connection: sqlite3.Connection, retention: RetentionSettings, now: float) -> None:
+    """Delete what ``retention`` no longer keeps (alerts only once closed)."""
+    for table in ALL_TABLES:
+        if retention.max_age_s is not None:
+            connection.execute(f"DELETE FROM {table.name} WHERE {_AGE_COLUMN[table.name]} < ?",
+                               (now - retention.max_age_s,))
+        if retention.max_rows is not None:
+            connection.execute(f"DELETE FROM {table.name} WHERE rowid <= (SELECT MAX(rowid) FROM {table.name}) - ?",
+                               (retention.max_rows,))
+    connection.commit()
 
-    def __init__(self, path: str, statement: str, to_rows: Callable[[Any], Iterable[tuple]]):
+
+class _WriteFn(beam.DoFn):
+    """Writes each element's rows of every table in one transaction, so a batch's predictions, incident updates and
+    device state are recorded together or not at all, and readable as soon as they are produced."""
+
+    def __init__(self, path: str, tables: Sequence[Table], retention: RetentionSettings):
         self._path = path
-        self._statement = statement
-        self._to_rows = to_rows
+        self._tables = [(table, insert_statement(table)) for table in tables]
+        self._retention = retention
         self._connection: sqlite3.Connection | None = None
+        self._pruned_at = 0.0
 
     def setup(self) -> None:
         self._connection = connect(self._path)
 
     def process(self, element: Any) -> None:
-        self._connection.executemany(self._statement, self._to_rows(element))
-        self._connection.commit()
+        with self._connection:  # one transaction: committed whole, or rolled back
+            for table, statement in self._tables:
+                self._connection.executemany(statement, table.rows(element))
+        now = time.time()
+        if now - self._pruned_at >= self._retention.every_s and (self._retention.max_age_s or self._retention.max_rows):
+            prune(self._connection, self._retention, now)
+            self._pruned_at = now
 
     def teardown(self) -> None:
         if self._connection is not None:
             self._connection.close()
 
 
-def write_table(path: str | Path, table: Table) -> beam.PTransform:
-    """Values of one result stream -> rows of its table in the database at ``path``."""
-    return beam.ParDo(_WriteFn(str(path), insert_statement(table), table.rows))
+def write_tables(path: str | Path, tables: Sequence[Table], retention: RetentionSettings = RetentionSettings()
+                 ) -> beam.PTransform:
+    """Values -> their rows in each of ``tables`` (plus the device state beside predictions), one transaction per
+    value, in the database at ``path``."""
+    if PREDICTIONS in tables:
+        tables = (*tables, DEVICE_STATE)
+    return beam.ParDo(_WriteFn(str(path), tuple(tables), retention))
 
 
-class PredictedIds:
-    """``Restore`` from the predictions table: the newest ``max_ids`` ids predicted for a device since a time
-    (oldest first)."""
+class SqliteRestore:
+    """``results.Restore`` from the database: ids predicted (newest ``max_ids`` per device) and device snapshots.
+
+    One read-only connection per thread, opened on first use (the object itself is pickled into the steps)."""
 
     def __init__(self, path: str | Path, max_ids: int):
         self._path = str(path)
         self._max_ids = max_ids
+        self._local = threading.local()
 
-    def __call__(self, device_id: str, since: float) -> list[tuple[str, float]]:
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_path": self._path, "_max_ids": self._max_ids}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _query(self, sql: str, args: tuple) -> list[tuple]:
         if not Path(self._path).exists():
             return []
-        with sqlite3.connect(self._path, timeout=30.0) as connection:
-            try:
-                rows = connection.execute(
-                    "SELECT event_id, event_time FROM predictions WHERE device_id = ? AND event_time >= ? "
-                    "ORDER BY event_time DESC LIMIT ?", (device_id, since, self._max_ids)).fetchall()
-            except sqlite3.OperationalError:
-                return []
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = sqlite3.connect(self._path, timeout=30.0)
+        try:
+            return connection.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:
+            return []
+
+    def seen_ids(self, device_id: str, since: float) -> list[tuple[str, float]]:
+        rows = self._query("SELECT event_id, event_time FROM predictions WHERE device_id = ? AND event_time >= ? "
+                           "ORDER BY event_time DESC LIMIT ?", (device_id, since, self._max_ids))
         return rows[::-1]
+
+    def snapshot(self, device_id: str) -> DeviceSnapshot | None:
+        rows = self._query("SELECT state, updated_at FROM device_state WHERE device_id = ?", (device_id,))
+        return DeviceSnapshot.from_json(device_id, rows[0][0], rows[0][1]) if rows else None
 
 
 class SqliteSink(Sink):
     def __init__(self, settings: SqliteSettings, context: SinkContext):
         self.path = Path(settings.path).expanduser() if settings.path else context.work_path / DEFAULT_FILE
+        self._retention = settings.retention
 
-    def write(self, table: Table) -> beam.PTransform:
-        return write_table(self.path, table)
+    def write(self, tables: Sequence[Table]) -> beam.PTransform:
+        return write_tables(self.path, tables, self._retention)
 
-    def predicted_ids(self, max_ids: int) -> Restore:
-        return PredictedIds(self.path, max_ids)
+    def restore(self, max_ids: int) -> SqliteRestore:
+        return SqliteRestore(self.path, max_ids)
 
 
 def results_path(sinks: Mapping[str, Any], work_path: Path) -> Path | None:

@@ -15,6 +15,7 @@ from inference_pipeline.config import Config, ConfigError
 from inference_pipeline.connectors.replay import ReplaySettings
 from inference_pipeline.connectors.sqlite import results_path
 from inference_pipeline.evaluation import accuracy, report
+from inference_pipeline.runtime.results_lock import hold_results, sqlite_paths
 from inference_pipeline.runtime.run import event_rules, run_pipeline
 from model_handlers.model_version import ModelVersion
 from model_handlers.resolve import parse_model_uri, resolve_model_version
@@ -69,7 +70,8 @@ def read_results(sink_path: Path) -> dict[str, pd.DataFrame]:
 def summarise(data: SimulatedData, training: TrainingRun, version: ModelVersion, results: dict[str, pd.DataFrame],
               stream_seconds: float) -> dict[str, Any]:
     truth = pd.read_parquet(data.stream_truth)
-    predictions, alerts, dead = results["predictions"], results["alerts"], results["dead_letters"]
+    predictions, every_alert, dead = results["predictions"], results["alerts"], results["dead_letters"]
+    alerts = every_alert[every_alert["kind"] == "anomaly"]
     events_in = sum(1 for _ in data.stream_events.open())
     faults = accuracy.fault_intervals_from_truth(truth)
     return {
@@ -77,7 +79,8 @@ def summarise(data: SimulatedData, training: TrainingRun, version: ModelVersion,
                   "registry_decision": training.registration.reason,
                   "eval_f1": training.metrics.get("eval_f1"), "threshold": version.threshold},
         "events": accuracy.reconcile(events_in, len(predictions), len(dead)),
-        "alerts": {"incidents": len(alerts), "still_open": int((alerts["status"] == "open").sum())},
+        "alerts": {"incidents": len(alerts), "still_open": int((alerts["status"] == "open").sum()),
+                   "by_kind": every_alert["kind"].value_counts().to_dict()},
         "alert_accuracy": accuracy.incident_scores(alerts, faults),
         "row_accuracy": accuracy.row_scores(predictions, truth),
         "dead_letters": {"by_reason": dead["reason"].value_counts().to_dict(), "injected": data.malformed},
@@ -116,13 +119,28 @@ def simulate_to_file(sim: SimulationSettings, output: Path) -> str:
 
 
 def run_main_job(config: Config, promote: bool = False) -> dict[str, Any]:
-    """Everything end to end on embedded defaults; writes summary.json, report.png and report.html."""
+    """Everything end to end on embedded defaults; writes summary.json, report.png and report.html.
+
+    It starts from an empty results database, so it first takes the results locks of its SQLite sinks (refusing with
+    ``ResultsInUse`` while a stream writes one) and holds them to the end."""
     work = config.work_path
     work.mkdir(parents=True, exist_ok=True)
     sink_path = results_path(config.sinks, work)
     if sink_path is None:
         raise ConfigError("sinks: the main job reads its results back from a SQLite sink; configure one")
-    sink_path.unlink(missing_ok=True)
+    with hold_results(sqlite_paths(config.sinks, work), exclusive=True):
+        delete_database(sink_path)
+        return _run_main_job(config, promote, sink_path)
+
+
+def delete_database(path: Path) -> None:
+    """Delete a SQLite database with its WAL and shared-memory files (a stale WAL would be replayed into the next)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def _run_main_job(config: Config, promote: bool, sink_path: Path) -> dict[str, Any]:
+    work = config.work_path
     data, training, version = train_simulated(config, promote)
     LOG.info("streaming %s with %s v%s", data.stream_events, version.name, version.version)
     replay = config.model_copy(update={"source": ReplaySettings(path=str(data.stream_events))})

@@ -23,6 +23,7 @@ from features.schema import EventRules
 from inference_pipeline.builder import LOCAL_RUNNER, StreamingGraph, create_pipeline
 from inference_pipeline.config import Config
 from inference_pipeline.runtime.local_runner import prepare_local_runner
+from inference_pipeline.runtime.results_lock import hold_results, sqlite_paths
 from inference_pipeline.steps.dedup import METRICS_NAMESPACE
 from model_handlers.model_version import ModelVersion
 from model_handlers.resolve import resolve_model_version
@@ -70,6 +71,17 @@ def outcome_counts(result: PipelineResult) -> dict[str, int]:
     return counts
 
 
+DEVICE_STATES = ("dedup_states", "window_states", "alert_states")
+
+
+def most_devices_held(result: PipelineResult) -> int:
+    """The most devices any stateful step held state for at once (bounded by ``devices.max_devices``)."""
+    found = [distribution.committed or distribution.attempted for distribution in result.metrics().query(
+        MetricsFilter().with_namespace(METRICS_NAMESPACE))["distributions"]
+        if distribution.key.metric.name in DEVICE_STATES]
+    return max((value.max for value in found if value is not None and value.count), default=0)
+
+
 @contextlib.contextmanager
 def drain_on_signals(stop: Callable[[bool], None]) -> Iterator[None]:
     """While inside: the first Ctrl-C or SIGTERM drains the stream (``stop(True)``), a second one aborts."""
@@ -91,13 +103,17 @@ def drain_on_signals(stop: Callable[[bool], None]) -> Iterator[None]:
 
 
 def run_stream(config: Config) -> int:
-    """``iotml stream``: resolve the model from the registry, run until the source ends or is stopped, log totals."""
-    version = resolve_model_version(config.model.uri, config.tracking_uri, config.work_path / "models")
-    rules = event_rules(config, version)
-    LOG.info("streaming with %s v%s from %s into %s", version.name, version.version, config.source.kind,
-             ", ".join(f"{name} ({settings.kind})" for name, settings in config.sinks.items()))
-    seconds, result = run_graph(create_pipeline(config, version, rules))
+    """``iotml stream``: resolve the model from the registry, run until the source ends or is stopped, log totals.
+    Throughout, it holds the results lock of every SQLite sink it writes (``iotml run`` refuses to delete them)."""
+    with hold_results(sqlite_paths(config.sinks, config.work_path)):
+        version = resolve_model_version(config.model.uri, config.tracking_uri, config.work_path / "models")
+        rules = event_rules(config, version)
+        LOG.info("streaming with %s v%s from %s into %s", version.name, version.version, config.source.kind,
+                 ", ".join(f"{name} ({settings.kind})" for name, settings in config.sinks.items()))
+        seconds, result = run_graph(create_pipeline(config, version, rules))
     counts = outcome_counts(result)
     LOG.info("finished in %.1f s: %d predictions, %d dead letters, %d duplicates dropped", seconds,
              counts["predictions"], counts["dead_letters"], counts["duplicates"])
+    LOG.info("at most %d devices held by any stateful step (devices.max_devices: %d)", most_devices_held(result),
+             config.devices.max_devices)
     return 0

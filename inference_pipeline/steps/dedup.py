@@ -4,11 +4,12 @@ At-least-once sources (MQTT QoS 1, Pub/Sub) resend what they could not confirm a
 twice. Each device keeps the ids it has let through, bounded two ways: ids older than the device's newest event time
 minus ``horizon_s`` are forgotten, and at most ``max_ids`` of the newest are kept (memory per device is bounded by
 1.25 * ``max_ids``). A copy arriving later than that is let through (it cannot be told apart from a new event).
-The state is pruned as the device's events arrive; a device that falls silent keeps its bounded state (clearing it
-would take a timer, which the local runner does not fire while a stream runs).
+The state is pruned as the device's events arrive; a device that falls silent keeps its bounded state until the
+parse step's roster (``steps.roster``) notices its expiry, which clears it; a notice that a newer event of the device
+overtook is dropped here, so the steps after see only notices that hold.
 
 On a runner whose state dies with the process (the local FnApiRunner), ``restore`` seeds a device's state the first
-time the device is seen: ids already predicted (a sink's ``predicted_ids``), so copies redelivered after a crash
+time the device is seen: ids already predicted (a sink's ``Restore.seen_ids``), so copies redelivered after a crash
 never give a second prediction. On Dataflow the state itself survives failures.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.schema import EventBatch
+from features.schema import DeviceNotice, EventBatch
 from inference_pipeline.results import Restore
 
 DUPLICATES = "duplicates"
@@ -68,6 +69,7 @@ class SeenIds:
     hashes: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     times: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.float64))
     max_time: float = float("-inf")
+    last_received: float = float("-inf")  # wall clock of the device's newest event, to judge roster notices
 
     def add(self, hashes: np.ndarray, times: np.ndarray) -> None:
         self.hashes = np.concatenate([self.hashes, hashes])
@@ -96,12 +98,6 @@ class SeenIds:
         self.hashes, self.times = self.hashes[recent][keep], self.times[recent][keep]
 
 
-def select(batch: EventBatch, keep: np.ndarray) -> EventBatch:
-    """The rows of ``batch`` where ``keep`` is true, in order."""
-    return EventBatch(batch.device_id, batch.event_ids[keep], batch.ts[keep], batch.values[keep],
-                      batch.received_at[keep])
-
-
 def drop_seen(seen: SeenIds, batch: EventBatch, horizon_s: float, max_ids: int) -> tuple[EventBatch, list[Duplicate]]:
     """Split a batch into first sightings (returned as a batch, remembered in ``seen``) and duplicates."""
     hashes = id_hashes(batch.event_ids.tolist())
@@ -109,12 +105,13 @@ def drop_seen(seen: SeenIds, batch: EventBatch, horizon_s: float, max_ids: int) 
     first[np.unique(hashes, return_index=True)[1]] = True
     keep = first & ~seen.contains(hashes)
     seen.add(hashes[keep], batch.ts[keep])
+    seen.last_received = max(seen.last_received, float(batch.received_at.max()))
     seen.forget_old(horizon_s, max_ids)
     if keep.all():
         return batch, []
     duplicates = [Duplicate(batch.device_id, event_id, ts, received) for event_id, ts, received in zip(
         batch.event_ids[~keep].tolist(), batch.ts[~keep].tolist(), batch.received_at[~keep].tolist())]
-    return select(batch, keep), duplicates
+    return batch.take(keep), duplicates
 
 
 class _DropDuplicatesFn(beam.DoFn):
@@ -125,14 +122,21 @@ class _DropDuplicatesFn(beam.DoFn):
         self._max_ids = max_ids
         self._restore = restore
         self._duplicates = Metrics.counter(METRICS_NAMESPACE, "duplicates")
+        self._states = Metrics.distribution(METRICS_NAMESPACE, "dedup_states")
+        self._live = 0
 
     def process(self, element: tuple[str, EventBatch], state=beam.DoFn.StateParam(SEEN)) -> Iterator:
         device_id, batch = element
         seen = state.read()
+        if batch.notice is not None:
+            yield from self._on_notice(device_id, batch, seen, state)
+            return
         if seen is None:
+            self._live += 1
+            self._states.update(self._live)
             seen = SeenIds()
             if self._restore is not None:
-                restored = list(self._restore(device_id, float(batch.ts.min()) - self._horizon_s))
+                restored = self._restore.seen_ids(device_id, float(batch.ts.min()) - self._horizon_s)
                 seen.add(id_hashes([event_id for event_id, _ in restored]),
                          np.asarray([ts for _, ts in restored], dtype=np.float64))
         fresh, duplicates = drop_seen(seen, batch, self._horizon_s, self._max_ids)
@@ -143,6 +147,15 @@ class _DropDuplicatesFn(beam.DoFn):
             yield device_id, fresh
         for duplicate in duplicates:
             yield pvalue.TaggedOutput(DUPLICATES, duplicate)
+
+    def _on_notice(self, device_id: str, batch: EventBatch, seen: SeenIds | None, state) -> Iterator:
+        """Pass a roster notice on unless a newer event overtook it; an expiry drops this device's ids."""
+        if seen is None or seen.last_received > batch.notice.last_seen:
+            return
+        if batch.notice.kind == DeviceNotice.EXPIRE:
+            state.clear()
+            self._live -= 1
+        yield device_id, batch
 
 
 class DropDuplicates(beam.PTransform):

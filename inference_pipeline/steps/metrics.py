@@ -18,7 +18,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from features.schema import DeadLetter
-from inference_pipeline.results import PredictionBatch
+from inference_pipeline.results import DeviceResults, PredictionBatch
 from inference_pipeline.steps.dedup import METRICS_NAMESPACE, Duplicate
 
 LOG = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ class _ReportFn(beam.DoFn):
 
     def process(self, element: Any) -> None:
         outcome = element[1] if isinstance(element, tuple) else element
+        if isinstance(outcome, DeviceResults):
+            outcome = outcome.predictions
         counter = self._counters.get(type(outcome))
         if counter is not None:
             counter.inc(len(outcome) if isinstance(outcome, PredictionBatch) else 1)
@@ -102,5 +104,5 @@ class _ReportFn(beam.DoFn):
 
 @beam.ptransform_fn
 def ReportLiveMetrics(outcomes: beam.PCollection) -> beam.PCollection:
-    """(device_id, PredictionBatch) | DeadLetter | Duplicate -> counters, and a log line every ``LOG_EVERY_S``."""
+    """DeviceResults | (device_id, PredictionBatch) | DeadLetter | Duplicate -> counters, and a log line every ``LOG_EVERY_S``."""
     return outcomes | "Report" >> beam.ParDo(_ReportFn())

@@ -8,11 +8,14 @@ from pathlib import Path
 import apache_beam as beam
 import pandas as pd
 from apache_beam import pvalue
+from apache_beam.metrics import Metrics
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.schema import EventRules, RawEvent, parse_events
+from features.schema import EventBatch, EventRules, RawEvent, parse_events
+from inference_pipeline.steps.roster import DeviceRoster, FleetSettings
 
 DEAD_LETTERS = "dead_letters"
+METRICS_NAMESPACE = "iotml"
 
 
 class EventSettings(BaseModel):
@@ -41,23 +44,37 @@ class EventSettings(BaseModel):
 
 
 class _ParseFn(beam.DoFn):
-    def __init__(self, rules: EventRules):
+    def __init__(self, rules: EventRules, fleet: FleetSettings):
         self._rules = rules
+        self._fleet = fleet
+        self._tracked = Metrics.distribution(METRICS_NAMESPACE, "tracked_devices")
+
+    def setup(self) -> None:
+        self._roster = DeviceRoster(self._fleet)
 
     def process(self, raws: list[RawEvent]) -> Iterator:
-        batches, dead = parse_events(raws, self._rules, now=time.time())
+        now = time.time()
+        batches, dead = parse_events(raws, self._rules, now=now)
         for batch in batches:
+            for device_id, notice in self._roster.seen(batch.device_id, float(batch.received_at.max())):
+                yield device_id, EventBatch.of_notice(device_id, notice, len(self._rules.sensors))
             yield batch.device_id, batch
         for letter in dead:
             yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
+        for device_id, notice in self._roster.due(now):
+            yield device_id, EventBatch.of_notice(device_id, notice, len(self._rules.sensors))
+        self._tracked.update(len(self._roster))
 
 
 class ParseEvents(beam.PTransform):
-    """list[RawEvent] -> main: (device_id, EventBatch); ``dead_letters``: DeadLetter."""
+    """list[RawEvent] (an empty list: a source's idle tick) -> main: (device_id, EventBatch), including the
+    roster's notices (``steps.roster``); ``dead_letters``: DeadLetter."""
 
-    def __init__(self, rules: EventRules):
+    def __init__(self, rules: EventRules, fleet: FleetSettings = FleetSettings()):
         super().__init__()
         self._rules = rules
+        self._fleet = fleet
 
     def expand(self, raws: beam.PCollection) -> pvalue.DoOutputsTuple:
-        return raws | "Validate" >> beam.ParDo(_ParseFn(self._rules)).with_outputs(DEAD_LETTERS, main="events")
+        return raws | "Validate" >> beam.ParDo(_ParseFn(self._rules, self._fleet)).with_outputs(
+            DEAD_LETTERS, main="events")

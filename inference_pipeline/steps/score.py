@@ -16,7 +16,7 @@ import numpy as np
 from apache_beam import pvalue
 from apache_beam.ml.inference.base import PredictionResult
 
-from features.schema import DeadLetter, DeadLetterReason, FeatureBatch, encode_events
+from features.schema import DeadLetter, DeadLetterReason, FeatureBatch, event_dead_letters
 from features.spec import FeatureSpec
 from inference_pipeline.results import PredictionBatch
 from model_handlers.contract import ModelOutput
@@ -24,14 +24,17 @@ from model_handlers.contract import ModelOutput
 DEAD_LETTERS = "dead_letters"
 
 
-def batch_dead_letters(batch: FeatureBatch, detail: str, device_id: str, sensors: tuple[str, ...]
-                       ) -> list[DeadLetter]:
+def batch_dead_letters(batch: FeatureBatch, detail: str, sensors: tuple[str, ...]) -> list[DeadLetter]:
     """Every event of a batch that could not be scored, as an ``inference_error`` dead letter whose payload is the
     event as validated, in the wire format."""
-    events = batch.events
-    payloads = encode_events([device_id] * len(events), events.ts, events.values, sensors, events.event_ids.tolist())
-    return [DeadLetter(DeadLetterReason.INFERENCE_ERROR, detail, payload, received, device_id)
-            for payload, received in zip(payloads, events.received_at.tolist())]
+    return event_dead_letters(batch.events, DeadLetterReason.INFERENCE_ERROR, detail, sensors)
+
+
+def imputed_sensors(imputed: np.ndarray | None, sensors: tuple[str, ...]) -> list[list[str] | None] | None:
+    """Per row, the names of the sensors imputed (None for a complete row; None overall when none was)."""
+    if imputed is None or not imputed.any():
+        return None
+    return [[sensors[j] for j in np.flatnonzero(row)] if row.any() else None for row in imputed]
 
 
 def finite_scores(raw: np.ndarray, anomaly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,13 +55,14 @@ def _per_row(names: tuple[str, ...], values: np.ndarray, rows: np.ndarray) -> li
 
 
 def to_predictions(batch: FeatureBatch, output: ModelOutput, threshold: float, window: int,
-                   device_id: str) -> PredictionBatch:
+                   device_id: str, sensors: tuple[str, ...] = ()) -> PredictionBatch:
     events = batch.events
     raw, anomaly = finite_scores(output.raw_score, output.anomaly_score)
     predictions = PredictionBatch(
         device_id=device_id, event_ids=events.event_ids, event_time=events.ts, received_at=events.received_at,
         processing_time=time.time(), raw_score=raw, anomaly_score=anomaly, threshold=threshold,
-        window_fill=batch.filled, window=window, model_name=output.model.name, model_version=output.model.version)
+        window_fill=batch.filled, window=window, model_name=output.model.name, model_version=output.model.version,
+        imputed=imputed_sensors(batch.imputed, sensors), state=batch.state, notice=events.notice, late=batch.late)
     if output.class_probabilities is not None:
         predictions.label = output.label.tolist()
         predictions.class_probabilities = _per_row(output.class_names, output.class_probabilities,
@@ -82,10 +86,10 @@ class _ScoreFn(beam.DoFn):
         if batch.scaled_by != output.model.transform_id:
             detail = (f"model {output.model} expects features scaled by its transform {output.model.transform_id}, "
                       f"got {batch.scaled_by}")
-            for letter in batch_dead_letters(batch, detail, device_id, self._sensors):
+            for letter in batch_dead_letters(batch, detail, self._sensors):
                 yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
             return
-        yield device_id, to_predictions(batch, output, self._threshold, self._window, device_id)
+        yield device_id, to_predictions(batch, output, self._threshold, self._window, device_id, self._sensors)
 
 
 class ScorePredictions(beam.PTransform):

@@ -1,6 +1,8 @@
 import json
 import time
 
+import numpy as np
+
 import pytest
 
 from features.schema import DeadLetterReason, EventRules, RawEvent, encode_events, event_payload, parse_events
@@ -22,7 +24,9 @@ def parse(*payloads):
     ('{"device_id": "pump-1", "ts": 1', DeadLetterReason.BAD_JSON),
     (b"\xff\xfe not utf8", DeadLetterReason.BAD_JSON),
     ('{"ts": 1767225600, "readings": {}}', DeadLetterReason.MISSING_FIELD),
-    ('{"device_id": "pump-1", "ts": 1767225600, "readings": {"pressure": 1}}', DeadLetterReason.MISSING_FIELD),
+    ('{"device_id": "pump-1", "ts": 1767225600, "readings": {}}', DeadLetterReason.MISSING_FIELD),
+    ('{"device_id": "pump-1", "ts": 1767225600, "readings": {"pressure": null, "flow": null}}',
+     DeadLetterReason.MISSING_FIELD),
     ('{"device_id": "pump-1", "ts": 1767225600, "readings": {"pressure": "high", "flow": 1}}', DeadLetterReason.WRONG_TYPE),
     ('{"device_id": "pump-1", "ts": true, "readings": {"pressure": 1, "flow": 1}}', DeadLetterReason.WRONG_TYPE),
     ('{"device_id": 7, "ts": 1767225600, "readings": {"pressure": 1, "flow": 1}}', DeadLetterReason.WRONG_TYPE),
@@ -92,8 +96,19 @@ def test_any_device_is_accepted_without_a_registry():
 
 
 def test_encoded_events_round_trip_through_the_parser():
-    payloads = encode_events(["a\"b", "c"], [NOW - 5, NOW - 4], [[1.0, 2.0], [3.0, float("nan")]],
-                             ["pressure", "flow"], ["e1", "e2"])
+    payloads = encode_events(["a\"b", "c", "d"], [NOW - 5, NOW - 4, NOW - 3],
+                             [[1.0, 2.0], [3.0, float("nan")], [1.0, float("inf")]], ["pressure", "flow"],
+                             ["e1", "e2", "e3"])
     batches, dead = parse_events([RawEvent(p, NOW) for p in payloads], EventRules(("pressure", "flow")), NOW)
-    assert [b.device_id for b in batches] == ['a"b']
+    assert [b.device_id for b in batches] == ['a"b', "c"]
     assert [d.reason for d in dead] == [DeadLetterReason.NON_FINITE]
+
+
+def test_a_missing_or_null_reading_is_kept_as_nan_for_imputation_and_written_back_as_null():
+    batches, dead = parse('{"device_id": "pump-1", "ts": 1767225600, "readings": {"pressure": 1}}',
+                          '{"device_id": "pump-1", "ts": 1767225601, "readings": {"pressure": null, "flow": 2}}')
+    assert dead == []
+    values = batches[0].values
+    assert values[0, 0] == 1 and np.isnan(values[0, 1]) and np.isnan(values[1, 0]) and values[1, 1] == 2
+    payload = encode_events(["pump-1"], [1.0], values[:1], ("pressure", "flow"))[0]
+    assert json.loads(payload)["readings"] == {"pressure": 1.0, "flow": None}

@@ -43,3 +43,32 @@ def test_bad_override_and_missing_file_are_clear(tmp_path):
         parse_override("features.sensors=[a, b")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+MQTT_SOURCE = "source:\n  kind: mqtt\n  mqtt: {topics: [t/+], client_id: c, max_inflight: %d}\n"
+
+
+def test_shipped_mqtt_config_dedup_covers_what_a_broker_resends():
+    from inference_pipeline.config import DEFAULT_CONFIG
+
+    config = load_config(DEFAULT_CONFIG.parent / "mqtt.yaml")
+    assert config.dedup.max_ids_per_device >= config.source.mqtt.max_inflight
+
+
+def test_default_mqtt_inflight_fits_the_default_dedup_window(tmp_path):
+    config = load_config(write(tmp_path, "source:\n  kind: mqtt\n  mqtt: {topics: [t/+], client_id: c}\n"))
+    assert config.dedup.max_ids_per_device >= config.source.mqtt.max_inflight
+
+
+def test_dedup_window_below_the_mqtt_inflight_window_fails_naming_both_fields(tmp_path):
+    with pytest.raises(ConfigError, match=r"dedup\.max_ids_per_device \(2000\) is below source\.mqtt\.max_inflight "
+                                          r"\(65535\)"):
+        load_config(write(tmp_path, MQTT_SOURCE % 65535))
+    with pytest.raises(ConfigError, match="dedup.max_ids_per_device"):
+        load_config(write(tmp_path, MQTT_SOURCE % 100), {"dedup.max_ids_per_device": 99})
+    config = load_config(write(tmp_path, MQTT_SOURCE % 65535), {"dedup.max_ids_per_device": 65535})
+    assert config.source.mqtt.max_inflight == config.dedup.max_ids_per_device == 65535
+
+
+def test_the_dedup_rule_only_concerns_mqtt_sources(tmp_path):
+    assert load_config(write(tmp_path, "dedup: {max_ids_per_device: 1}\n")).dedup.max_ids_per_device == 1

@@ -19,7 +19,8 @@ def test_alert_message_has_every_alert_column():
     [message] = ALERTS.messages(incident)
     assert json.loads(message) == {"incident_id": "pump-001:10.000", "device_id": "pump-001", "start_time": 10.0,
                                    "end_time": None, "peak_score": 0.97, "n_events": 3, "status": "open",
-                                   "model_name": "iot-anomaly", "model_version": "4"}
+                                   "model_name": "iot-anomaly", "model_version": "4", "kind": "anomaly",
+                                   "sensor": None}
 
 
 def test_dead_letter_message_keeps_reason_detail_and_payload():

@@ -162,16 +162,16 @@ class Stream:
         return drain(process, log)
 
 
-class DeadLetterTopic:
-    """A subscriber on the deployment's dead-letter topic (QoS 1, subscribed before anything is published)."""
+class TopicMessages:
+    """A subscriber on one of the deployment's result topics (QoS 1, subscribed before anything is published)."""
 
-    def __init__(self, stream: Stream):
-        self.letters: list[dict] = []
+    def __init__(self, stream: Stream, suffix: str = "dead-letters"):
+        self.messages: list[dict] = []
         ready = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"iotml-it-dl-{stream.tag}")
-        self._client.on_connect = lambda c, *args: c.subscribe(f"{stream.prefix}/dead-letters", qos=1)
+        self._client.on_connect = lambda c, *args: c.subscribe(f"{stream.prefix}/{suffix}", qos=1)
         self._client.on_subscribe = lambda *args: ready.set()
-        self._client.on_message = lambda c, u, m: self.letters.append(json.loads(m.payload))
+        self._client.on_message = lambda c, u, m: self.messages.append(json.loads(m.payload))
         self._client.connect("127.0.0.1", stream.port)
         self._client.loop_start()
         assert ready.wait(10), "dead-letter subscription failed"
@@ -191,9 +191,9 @@ def wait_until(condition, timeout_s: float, process: subprocess.Popen | None = N
         time.sleep(0.2)
 
 
-def drain(process: subprocess.Popen, log: Path) -> dict[str, int]:
-    """Ctrl-C: the pipeline finishes what it read, acknowledges it and exits 0; returns its logged totals."""
-    process.send_signal(signal.SIGINT)
+def drain(process: subprocess.Popen, log: Path, signum: int = signal.SIGINT) -> dict[str, int]:
+    """Ctrl-C (or SIGTERM): the pipeline finishes what it read, acknowledges it and exits 0; its logged totals."""
+    process.send_signal(signum)
     assert process.wait(60) == 0, log.read_text()[-3000:]
     found = TOTALS.search(log.read_text())
     assert found, log.read_text()[-3000:]
@@ -296,35 +296,35 @@ def test_killed_pipeline_resumes_after_restart_with_nothing_lost_or_predicted_tw
 def test_malformed_payloads_go_to_the_dead_letter_topic_and_the_stream_keeps_its_rate(shared_broker, trained,
                                                                                       tmp_path, fleet_devices):
     stream = Stream(tmp_path, shared_broker[1], trained.version.path, fleet_devices)
-    topic = DeadLetterTopic(stream)
+    topic = TopicMessages(stream)
     process, log = stream.start()
     try:
         warm = stream.warm_up(process, log)
         report = stream.publish(rate=2000, seconds=5, malformed_fraction=0.01)
         published = warm.published + report.published
         malformed = sum(report.malformed.values())
-        wait_until(lambda: stream.predictions()[0] + len(topic.letters) >= published, 90, process, log)
+        wait_until(lambda: stream.predictions()[0] + len(topic.messages) >= published, 90, process, log)
         caught_up = time.time()
         totals = drain(process, log)
     finally:
         topic.close()
         kill(process)
     rows, distinct = stream.predictions()
-    reasons = Counter(letter["reason"] for letter in topic.letters)
+    reasons = Counter(letter["reason"] for letter in topic.messages)
     rate = report.published / (caught_up - report.started)
     print(f"\nmalformed test: published {published} ({malformed} malformed: {dict(report.malformed)}); "
-          f"predictions {rows}, dead letters on the topic {len(topic.letters)}, {rate:.0f} events/s end to end")
+          f"predictions {rows}, dead letters on the topic {len(topic.messages)}, {rate:.0f} events/s end to end")
     assert malformed == 100 and reasons == Counter(report.malformed)
     assert rows == distinct == published - malformed
     assert totals["dead_letters"] == malformed
-    assert all(letter["detail"] and letter["payload"] for letter in topic.letters)
+    assert all(letter["detail"] and letter["payload"] for letter in topic.messages)
     assert rate > 0.8 * 2000
 
 
 def test_each_former_crasher_costs_one_dead_letter_and_the_stream_stays_up(shared_broker, trained, tmp_path,
                                                                           fleet_devices):
     stream = Stream(tmp_path, shared_broker[1], trained.version.path, fleet_devices)
-    topic = DeadLetterTopic(stream)
+    topic = TopicMessages(stream)
     process, log = stream.start()
     cases = crashers(fleet_devices[0], trained.version.feature_spec.sensors, time.time() - 5)
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"iotml-it-crash-{stream.tag}")
@@ -335,7 +335,7 @@ def test_each_former_crasher_costs_one_dead_letter_and_the_stream_stays_up(share
         for payload, _ in cases:
             publisher.publish(f"{stream.prefix}/{fleet_devices[0]}/telemetry", payload, qos=1).wait_for_publish(10)
         after = stream.publish(rate=200, seconds=1, seed=9)
-        wait_until(lambda: len(topic.letters) >= len(cases) and stream.predictions()[0] >= warm.published
+        wait_until(lambda: len(topic.messages) >= len(cases) and stream.predictions()[0] >= warm.published
                    + after.published, 90, process, log)
         assert process.poll() is None
         totals = drain(process, log)
@@ -343,8 +343,8 @@ def test_each_former_crasher_costs_one_dead_letter_and_the_stream_stays_up(share
         publisher.loop_stop()
         topic.close()
         kill(process)
-    assert sorted(letter["reason"] for letter in topic.letters) == sorted(reason for _, reason in cases)
-    assert all(letter["detail"] and "\n" not in letter["detail"] for letter in topic.letters)
+    assert sorted(letter["reason"] for letter in topic.messages) == sorted(reason for _, reason in cases)
+    assert all(letter["detail"] and "\n" not in letter["detail"] for letter in topic.messages)
     assert totals == {"predictions": warm.published + after.published, "dead_letters": len(cases), "duplicates": 0}
 
 

@@ -5,13 +5,18 @@ the interpreter lock with the pipeline itself. The child owns the paho client (c
 backoff) and forwards deliveries in batches; the parent sends back what to acknowledge.
 
 Pipes carry length-prefixed pickles. Parent -> child (stdin): the MqttSettings, then lists of (epoch, packet id)
-to PUBACK, then None to disconnect. Child -> parent (stdout): lists of (payload, received_at, packet id, qos, epoch).
-``epoch`` counts the child's CONNACKs: after a reconnect the broker resends every unacknowledged message, so an ack
-of an older epoch is dropped (the resent copy gets acknowledged instead). The child exits when its stdin closes,
-so it never outlives the pipeline process.
+to PUBACK, then None to disconnect. Child -> parent (stdout): lists of deliveries, (payload, received_at, packet id,
+qos, epoch, size, dup), and a ``Reconnected`` marker at each CONNACK. ``epoch`` counts the child's CONNACKs: after a
+reconnect the broker resends every unacknowledged message, so an ack of an older epoch is dropped (the resent copy
+gets acknowledged instead). A payload over ``settings.max_payload_bytes`` is forwarded as its first
+``max_payload_bytes`` bytes with its true ``size`` (it can only become an oversize dead letter), so an oversize
+message never crosses the pipe or waits in a queue whole. The child exits when its stdin closes, so it never outlives
+the pipeline process. All it writes (its log lines, which name the broker by host and port, and any traceback) goes
+to stderr through ``redact.RedactingStream``: no password or credential-bearing URL.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -25,14 +30,25 @@ from typing import IO, Any
 import paho.mqtt.client as mqtt
 
 from inference_pipeline.connectors.mqtt.client import connect_in_background, create_client
+from inference_pipeline.connectors.mqtt.redact import RedactingStream
 from inference_pipeline.connectors.mqtt.settings import MqttSettings
 
 LOG = logging.getLogger(__name__)
 FORWARD_EVERY_S = 0.002
+PASSWORD_ENV = "IOTML_MQTT_PASSWORD"
 _LENGTH = struct.Struct("<I")
 
-# (payload, received_at, packet id, qos, epoch)
-Delivery = tuple[bytes, float, int, int, int]
+# (payload or its head, received_at, packet id, qos, epoch, the payload's true size in bytes, resent by the broker)
+Delivery = tuple[bytes, float, int, int, int, int, bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reconnected:
+    """In the delivery stream at each CONNACK: the deliveries after it are of ``epoch``; ``session_present``: the
+    broker kept the session, so it resends, with their packet ids, the messages of earlier epochs not yet acked."""
+
+    epoch: int
+    session_present: bool
 
 
 def write_frame(stream: IO[bytes], value: Any) -> None:
@@ -53,9 +69,12 @@ def read_frame(stream: IO[bytes]) -> Any:
     return pickle.loads(data)
 
 
-def start_receiver(settings: MqttSettings) -> subprocess.Popen:
-    """Start the child process for ``settings`` (sent over its stdin, so secrets never appear in its arguments)."""
-    child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def start_receiver(settings: MqttSettings, stderr: IO[bytes] | None = None) -> subprocess.Popen:
+    """Start the child process for ``settings`` (sent over its stdin, so secrets never appear in its arguments);
+    what it writes goes to ``stderr`` (default: this process's). It imports this module by name (not as
+    ``__main__``), so the markers it pickles unpickle here."""
+    child = subprocess.Popen([sys.executable, "-c", f"from {__name__} import main; main()"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=stderr)
     write_frame(child.stdin, settings)
     return child
 
@@ -67,13 +86,14 @@ class _Receiver:
         self._settings = settings
         self._out = out
         self._cond = threading.Condition()
-        self._pending: list[Delivery] = []
+        self._pending: list[Delivery | Reconnected] = []
         self._epoch = 0
         self._client = create_client(
             settings, client_id=settings.client_id, clean_start=settings.clean_start, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
         threading.Thread(target=self._forward, name="mqtt-forward", daemon=True).start()
         connect_in_background(self._client, settings, clean_start=settings.clean_start, persistent=True)
 
@@ -83,9 +103,15 @@ class _Receiver:
             return
         with self._cond:
             self._epoch += 1
+            self._pending.append(Reconnected(self._epoch, bool(flags.session_present)))
+            self._cond.notify()
         LOG.info("MQTT %s connected (session present: %s, epoch %d)", self._settings.client_id,
                  flags.session_present, self._epoch)
         client.subscribe([(topic, self._settings.qos) for topic in self._settings.topics])
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        LOG.warning("MQTT %s could not reach %s:%d; retrying", self._settings.client_id, self._settings.host,
+                    self._settings.port)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code == "Session taken over":
@@ -94,8 +120,11 @@ class _Receiver:
             LOG.warning("MQTT %s disconnected (%s); reconnecting", self._settings.client_id, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        payload, limit = message.payload, self._settings.max_payload_bytes
+        head = payload if len(payload) <= limit else payload[:limit]
         with self._cond:
-            self._pending.append((message.payload, time.time(), message.mid, message.qos, self._epoch))
+            self._pending.append((head, time.time(), message.mid, message.qos, self._epoch, len(payload),
+                                  bool(message.dup)))
             self._cond.notify()
 
     def _forward(self) -> None:
@@ -125,10 +154,12 @@ class _Receiver:
 
 def main() -> None:
     commands, out = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr
+    settings: MqttSettings = read_frame(commands)
+    secrets = (settings.resolved_password(), os.environ.get(PASSWORD_ENV))
+    sys.stdout = sys.stderr = RedactingStream(sys.__stderr__, secrets)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    receiver = _Receiver(read_frame(commands), out)
+    receiver = _Receiver(settings, out)
     while True:
         try:
             acks = read_frame(commands)
@@ -138,7 +169,3 @@ def main() -> None:
             break
         receiver.ack(acks)
     receiver.close()
-
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,10 @@
 connection runs in a receiver child process, a collector thread here queues the deliveries it forwards, readers
 ``take`` batches from that queue and ``give_back`` what they read but never checkpointed, committed bundles send
 their PUBACKs through ``ack``, and ``release`` disconnects once no reader holds the session and no ack is pending
-(or after a linger)."""
+(or after a linger).
+
+After a reconnect to a session the broker kept, the broker's resends of what was not yet acknowledged are told
+apart from new messages (``resends``): none is processed twice."""
 from __future__ import annotations
 
 import collections
@@ -14,30 +17,35 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from inference_pipeline.connectors.mqtt.receiver import read_frame, start_receiver, write_frame
+from inference_pipeline.connectors.mqtt.receiver import Reconnected, read_frame, start_receiver, write_frame
+from inference_pipeline.connectors.mqtt.resends import Ack, Resends
 from inference_pipeline.connectors.mqtt.settings import MqttSettings
 
 _LOGGER = logging.getLogger(__name__)
 
-# One ack: (connection epoch, packet id) of a QoS 1 delivery.
-Ack = tuple[int, int]
 
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Delivery:
-    """One message as the receiver forwarded it (see ``mqtt_receiver.Delivery``)."""
+    """One message as the receiver forwarded it (see ``receiver.Delivery``): ``payload`` is only its head when
+    ``size`` (the true size in bytes) exceeds the payload limit. ``epoch`` moves on when the broker resends it."""
 
     payload: bytes
     received_at: float
     mid: int
     qos: int
     epoch: int
+    size: int
+    dup: bool
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > len(self.payload)
 
 
 class _Session:
     """The one connection of a client id in this process, shared by successive readers.
 
-    The connection itself lives in a receiver process (``mqtt_receiver``); a collector thread here queues what it
+    The connection itself lives in a receiver process (``receiver``); a collector thread here queues what it
     forwards. Acks go back to it, and it drops those of an older connection epoch.
     """
 
@@ -50,6 +58,7 @@ class _Session:
         self._cond = threading.Condition()
         self._queue: collections.deque[_Delivery] = collections.deque()
         self._returned: list[_Delivery] = []
+        self._resends = Resends()
         self._refs = 0
         self._unacked = 0
         self._closing = False
@@ -86,7 +95,8 @@ class _Session:
         problem = None
         while problem is None:
             try:
-                deliveries = [_Delivery(*delivery) for delivery in read_frame(self._receiver.stdout)]
+                items = [item if isinstance(item, Reconnected) else _Delivery(*item)
+                         for item in read_frame(self._receiver.stdout)]
             except EOFError:
                 problem = f"exited (code {self._receiver.wait()})"
             except Exception as exc:  # a garbled pipe: whatever it raises, stop the receiver rather than stall
@@ -94,13 +104,37 @@ class _Session:
                 problem = f"sent an unreadable frame ({type(exc).__name__}: {exc}) and was stopped"
             else:
                 with self._cond:
-                    self._queue.extend(deliveries)
+                    acks = self._admit(items)
                     self._cond.notify_all()
+                if acks:
+                    self._send(acks)
         with self._cond:
             self._receiver_gone = problem
             self._cond.notify_all()
         if not self._closed:
             _LOGGER.error("MQTT receiver of %s %s", self.settings.client_id, problem)
+
+    def _admit(self, items: list[_Delivery | Reconnected]) -> list[Ack]:
+        """With the lock held: queue what the receiver forwarded, less the resends it need not see again; the acks
+        to send at once."""
+        acks: list[Ack] = []
+        for item in items:
+            if isinstance(item, Reconnected):
+                self._resends.reconnected(item.epoch, item.session_present)
+                continue
+            queue_it, now = self._resends.admit(item)
+            acks += now
+            if queue_it:
+                self._queue.append(item)
+        return acks
+
+    def _send(self, acks: list[Ack]) -> None:
+        try:
+            with self._write_lock:
+                write_frame(self._receiver.stdin, acks)
+        except (BrokenPipeError, ValueError):
+            _LOGGER.warning("MQTT receiver of %s is gone; %d messages will be redelivered", self.settings.client_id,
+                            len(acks))
 
     def _wait_for_delivery(self, until: float) -> bool:
         """With the lock held: whether a delivery is queued by ``until`` (monotonic seconds)."""
@@ -138,13 +172,11 @@ class _Session:
             self._returned[:0] = deliveries
 
     def ack(self, acks: Sequence[Ack]) -> None:
-        """PUBACK these messages (the receiver skips those of an earlier connection: the broker resent them)."""
-        try:
-            with self._write_lock:
-                write_frame(self._receiver.stdin, list(acks))
-        except (BrokenPipeError, ValueError):
-            _LOGGER.warning("MQTT receiver of %s is gone; %d messages will be redelivered", self.settings.client_id,
-                            len(acks))
+        """PUBACK these messages, each in its delivery's current epoch (the receiver skips those of an earlier
+        connection: the broker resends them)."""
+        with self._cond:
+            sent = self._resends.acking(acks)
+        self._send(sent)
         with self._cond:
             self._unacked = max(0, self._unacked - len(acks))
             done = self._closing and self._refs == 0 and self._unacked == 0

@@ -30,10 +30,13 @@ class MqttSettings(BaseModel):
 
     QoS 2 is not offered: paho answers PUBREC on receipt, after which the broker never resends the message, so a
     crash before the ack would lose it. With MQTT v5 (the default) ``max_inflight`` is the Receive Maximum the
-    broker honours; with v3.1.1 the broker's ``max_inflight_messages`` (Mosquitto: 20) applies, so a burst
-    overflows its queue and is dropped while acks wait for bundles to commit. Payloads over ``max_payload_bytes`` are still
-    emitted (the parser dead-letters them) but do not move the watermark; the limit is deliberately not sent as
-    the MQTT v5 Maximum Packet Size, which would make the broker drop such messages silently.
+    broker honours: the unacknowledged messages it pushes ahead, all of which it resends after a reconnect (so
+    the config requires ``dedup.max_ids_per_device`` to cover it); with v3.1.1 the broker's
+    ``max_inflight_messages`` (Mosquitto: 20) applies, so a burst overflows its queue and is dropped while acks wait
+    for bundles to commit. Payloads over ``max_payload_bytes`` are still emitted, as their first
+    ``max_payload_bytes`` bytes and true size (the parser dead-letters them as oversize), and do not move the
+    watermark; the limit is deliberately not sent as the MQTT v5 Maximum Packet Size, which would make the broker
+    drop such messages silently.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -116,7 +119,9 @@ class ReadLimits:
     window trades latency for per-batch overhead. The watermark is the largest event time seen minus
     ``max_lateness_s``, or, after ``idle_watermark_after_s`` without messages, the wall clock minus
     ``max_lateness_s``. ``max_records`` and ``stop_after_idle_s`` end the stream (benchmarks, tests, draining a
-    backlog): the reader then reports a final watermark and the pipeline finishes.
+    backlog): the reader then reports a final watermark and the pipeline finishes. While no message arrives, the
+    reader emits an empty batch every ``idle_tick_s`` (None: never), so the steps that act on the passing of time
+    (the device roster's silence and expiry notices) run when nothing arrives at all.
     """
 
     poll_wait_s: float = 0.25
@@ -129,12 +134,16 @@ class ReadLimits:
     max_records: int | None = None
     stop_after_idle_s: float | None = None
     close_linger_s: float = 30.0
+    idle_tick_s: float | None = 1.0
 
 
 class SubscriptionSettings(MqttSettings):
-    """The source's broker settings: at least one topic filter; the payload limit is ``events.max_payload_bytes``."""
+    """The source's broker settings: at least one topic filter; the payload limit is ``events.max_payload_bytes``;
+    ``max_inflight`` defaults to ``dedup.max_ids_per_device``'s default, which must cover it (publishers and sinks
+    keep the larger default of their outgoing window)."""
 
     topics: tuple[str, ...] = Field(min_length=1)
+    max_inflight: int = Field(2000, ge=1, le=65535)
 
     @model_validator(mode="before")
     @classmethod

@@ -6,7 +6,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 from inference_pipeline.connectors.base import Sink, SinkContext
 from inference_pipeline.connectors.mqtt.client import connect_and_wait, create_client
 from inference_pipeline.connectors.mqtt.settings import MqttSettings, MqttSinkSettings, MqttSourceSettings
-from inference_pipeline.results import Table
+from inference_pipeline.results import Table, table_messages
 
 _FLUSH_EVERY = 10_000
 
@@ -120,11 +120,11 @@ class MqttSink(Sink):
         self.broker = broker
         self._settings = settings
 
-    def write(self, table: Table) -> beam.PTransform:
-        return PublishRows(table, self.broker, self._settings.topic, self._settings.qos)
+    def write(self, tables: Sequence[Table]) -> beam.PTransform:
+        return PublishRows(tuple(tables), self.broker, self._settings.topic, self._settings.qos)
 
 
 @beam.ptransform_fn
-def PublishRows(values: beam.PCollection, table: Table, broker: MqttSettings, topic: str, qos: int):
-    """Result values -> one JSON message per row -> ``topic``."""
-    return values | "ToJson" >> beam.FlatMap(table.messages) | "Publish" >> PublishToMqtt(broker, topic, qos=qos)
+def PublishRows(values: beam.PCollection, tables: Sequence[Table], broker: MqttSettings, topic: str, qos: int):
+    """Result values -> one JSON message per row of each table -> ``topic``."""
+    return values | "ToJson" >> beam.FlatMap(table_messages, tables) | "Publish" >> PublishToMqtt(broker, topic, qos=qos)

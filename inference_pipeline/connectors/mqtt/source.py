@@ -5,8 +5,9 @@ calls after the bundle that read them has committed; a message read by a process
 the broker when the session resumes (same client id, clean start off, QoS 1). Downstream must tolerate duplicates
 (the pipeline drops them by event id, see ``inference_pipeline.steps.dedup``).
 
-The MQTT connection lives in a receiver child process (``mqtt_receiver``); this process gathers its deliveries into
-batches, one list of RawEvents per pipeline element, so per-element costs are paid per batch.
+The MQTT connection lives in a receiver child process (``receiver``); this process gathers its deliveries into
+batches, one list of RawEvents per pipeline element, so per-element costs are paid per batch. A payload over
+``max_payload_bytes`` arrives as its head and true size (``RawEvent.size``) and is dead-lettered as oversize.
 
 The broker bounds what survives: Mosquitto keeps at most ``max_queued_messages`` (default 1000) messages per
 session beyond those in flight and drops the rest silently, also while the pipeline is down. Size it (and
@@ -67,6 +68,7 @@ class MqttReader(UnboundedReader):
         self._max_event = mark.max_event_time if mark else None
         self._watermark = mark.watermark if mark else None
         self._idle_since = time.monotonic()
+        self._ticked_at = self._idle_since
         self._bundle_start = True
         self._finished = False
 
@@ -87,11 +89,11 @@ class MqttReader(UnboundedReader):
         deliveries = self._session.take(wait, self._batch_limit(), limits.batch_window_s, limits.batch_wait_s)
         if not deliveries:
             self._on_idle()
-            return False
-        self._idle_since = time.monotonic()
+            return self._tick()
+        self._idle_since = self._ticked_at = time.monotonic()
         self._read.extend(delivery for delivery in deliveries if delivery.qos)
         times = [self._event_time(delivery) for delivery in deliveries]
-        self._current = [RawEvent(delivery.payload, delivery.received_at) for delivery in deliveries]
+        self._current = [RawEvent(d.payload, d.received_at, d.size if d.truncated else None) for d in deliveries]
         self._current_ts = Timestamp.of(min(times))
         self._records += len(deliveries)
         newest = max(times)
@@ -108,8 +110,9 @@ class MqttReader(UnboundedReader):
         return max(1, min(self._limits.max_batch, self._limits.max_records - self._records))
 
     def _event_time(self, delivery: _Delivery) -> float:
-        """The payload's event time; an oversize payload (dead-lettered downstream) counts as received now."""
-        if len(delivery.payload) > self._settings.max_payload_bytes:
+        """The payload's event time; an oversize payload (dead-lettered downstream: never scanned, and here only
+        its head) counts as received now."""
+        if delivery.size > self._settings.max_payload_bytes:
             return delivery.received_at
         return event_time(delivery.payload, delivery.received_at, self._limits.max_clock_skew_s)
 
@@ -121,6 +124,16 @@ class MqttReader(UnboundedReader):
         after = self._limits.idle_watermark_after_s
         if after is not None and idle >= after:
             self._raise_watermark(time.time() - self._limits.max_lateness_s)
+
+    def _tick(self) -> bool:
+        """An empty batch, once per ``idle_tick_s`` while idle: time passes downstream too."""
+        every, now = self._limits.idle_tick_s, time.monotonic()
+        if every is None or self._finished or now - self._ticked_at < every:
+            return False
+        self._ticked_at = now
+        self._current = []
+        self._current_ts = Timestamp.of(self._watermark if self._watermark is not None else time.time())
+        return True
 
     def _raise_watermark(self, value: float) -> None:
         if self._watermark is None or value > self._watermark:

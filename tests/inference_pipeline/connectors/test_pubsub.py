@@ -27,8 +27,9 @@ def test_pubsub_config_translates_for_dataflow_with_pubsub_read_and_writes(train
     assert config.source.subscription.encode() in read
     writes = by_urn["beam:transform:pubsub_write:v1"]
     assert sum(config.sinks["alert_topic"].topic.encode() in payload for payload in writes) == 1
-    assert sum(config.sinks["dead_letter_topic"].topic.encode() in payload for payload in writes) == 3
+    dead_letter_origins = 3  # parse, inference, score
+    assert sum(config.sinks["dead_letter_topic"].topic.encode() in payload for payload in writes) == dead_letter_origins
     names = {transform.unique_name for transform in transforms}
     for step in ("ScoreEvents/ParseEvents", "ScoreEvents/DropDuplicates", "ScoreEvents/RunInference",
-                 "ScoreEvents/Alerts"):
+                 "ScoreEvents/TrackIncidents"):
         assert step in names

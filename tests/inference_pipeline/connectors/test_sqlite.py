@@ -1,44 +1,115 @@
-"""The SQLite sink: tables derived from the one results schema, every result stream written, and the ids it
-already predicted read back for dedup after a restart."""
+"""The SQLite sink: tables derived from the one results schema, every result stream written, a device batch's
+predictions, incidents and state in one transaction, what a restart resumes from read back, retention, and
+databases of earlier releases upgraded in place."""
+import pickle
 import sqlite3
+
+import pytest
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from features.schema import DeadLetter, DeadLetterReason
+from features.window import WindowState
 from inference_pipeline.builder import LOCAL_RUNNER
 from inference_pipeline.connectors.base import SinkContext
-from inference_pipeline.connectors.sqlite import PredictedIds, SqliteSettings, SqliteSink, connect, write_table
-from inference_pipeline.results import ALERTS, DEAD_LETTERS, PREDICTIONS, TABLES, Incident, PredictionBatch
+from inference_pipeline.connectors.sqlite import (
+    RetentionSettings,
+    SqliteRestore,
+    SqliteSettings,
+    SqliteSink,
+    connect,
+    prune,
+    write_tables,
+)
+from inference_pipeline.results import (
+    ALERTS,
+    DEAD_LETTERS,
+    PREDICTIONS,
+    TABLES,
+    DeviceResults,
+    DeviceSnapshot,
+    Incident,
+    PredictionBatch,
+)
 
 
 def _prediction_rows(db, device, rows):
     with connect(db) as connection:
         connection.executemany(
-            "INSERT INTO predictions VALUES (?, ?, ?, 0, 0, 0, 0, 0.5, 0, 30, 'm', '1', NULL, NULL, NULL)",
+            "INSERT INTO predictions VALUES (?, ?, ?, 0, 0, 0, 0, 0.5, 0, 30, 'm', '1', NULL, NULL, NULL, NULL, 0)",
             [(event_id, device, ts) for event_id, ts in rows])
+
+
+def _results(ids, times, incidents=(), device="d"):
+    prediction = PredictionBatch(device, np.asarray(ids, dtype=object), np.asarray(times), np.asarray(times), 3.0,
+                                 np.zeros(len(ids)), np.zeros(len(ids)), 0.5, np.full(len(ids), 30), 30, "m", "1")
+    window = WindowState(np.array([[1.0, 2.0], [3.0, 4.0]]), float(times[-1]))
+    snapshot = DeviceSnapshot(device, window, {"open": None}, list(incidents), 100.0)
+    return DeviceResults(prediction, list(incidents), snapshot)
 
 
 def test_predicted_ids_come_back_from_the_sink_newest_first_within_limit(tmp_path):
     db = tmp_path / "results.db"
-    assert PredictedIds(db, 10)("d", 0.0) == []
+    assert SqliteRestore(db, 10).seen_ids("d", 0.0) == []
     _prediction_rows(db, "d", [("x", 1.0), ("y", 2.0), ("z", 3.0)])
     _prediction_rows(db, "other", [("w", 2.5)])
-    assert PredictedIds(db, 2)("d", 0.0) == [("y", 2.0), ("z", 3.0)]
-    assert PredictedIds(db, 10)("d", 2.5) == [("z", 3.0)]
+    assert SqliteRestore(db, 2).seen_ids("d", 0.0) == [("y", 2.0), ("z", 3.0)]
+    assert SqliteRestore(db, 10).seen_ids("d", 2.5) == [("z", 3.0)]
 
 
-def test_sink_rows_written_by_the_pipeline_are_what_restore_reads(tmp_path):
-    from inference_pipeline.results import PredictionBatch
-
+def test_a_batch_is_recorded_with_its_incidents_and_device_state_and_restore_reads_them_back(tmp_path):
     db = tmp_path / "results.db"
-    ids = np.asarray(["a", "b"], dtype=object)
-    prediction = PredictionBatch("d", ids, np.array([1.0, 2.0]), np.array([1.0, 2.0]), 3.0, np.zeros(2),
-                                 np.zeros(2), 0.5, np.array([30, 30]), 30, "m", "1")
+    opened = Incident("d:1.000", "d", 1.0, None, 0.8, 3, "open", "m", "1")
     with beam.Pipeline(options=PipelineOptions(runner=LOCAL_RUNNER)) as pipeline:
-        _ = pipeline | beam.Create([("d", prediction)]) | write_table(db, PREDICTIONS)
-    assert PredictedIds(db, 10)("d", 0.0) == [("a", 1.0), ("b", 2.0)]
+        _ = (pipeline | beam.Create([_results(["a", "b"], [1.0, 2.0], [opened])])
+             | write_tables(db, (PREDICTIONS, ALERTS)))
+    restore = pickle.loads(pickle.dumps(SqliteRestore(db, 10)))
+    assert restore.seen_ids("d", 0.0) == [("a", 1.0), ("b", 2.0)]
+    snapshot = restore.snapshot("d")
+    assert np.array_equal(snapshot.window.tail, [[1.0, 2.0], [3.0, 4.0]]) and snapshot.window.newest == 2.0
+    assert snapshot.pending == [opened] and snapshot.alerting == {"open": None}
+    assert restore.snapshot("other") is None
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT incident_id, status FROM alerts").fetchall() == [("d:1.000", "open")]
+
+
+def test_a_failed_write_records_nothing_of_the_batch(tmp_path):
+    db = tmp_path / "results.db"
+    broken = _results(["a"], [1.0])
+    broken.incidents = [Incident("d:1.000", "d", 1.0, None, 0.8, 3, "open", "m", "1")]
+    broken.incidents[0].device_id = None  # NOT NULL: the alert insert fails after the predictions insert
+    with pytest.raises(Exception):
+        with beam.Pipeline(options=PipelineOptions(runner=LOCAL_RUNNER)) as pipeline:
+            _ = pipeline | beam.Create([broken]) | write_tables(db, (PREDICTIONS, ALERTS))
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM predictions").fetchone() == (0,)
+        assert connection.execute("SELECT COUNT(*) FROM device_state").fetchone() == (0,)
+
+
+def test_retention_deletes_by_age_and_keeps_the_newest_rows_and_open_alerts(tmp_path):
+    db = tmp_path / "results.db"
+    with connect(db) as connection:
+        connection.executemany(
+            "INSERT INTO predictions VALUES (?, 'd', ?, ?, 0, 0, 0, 0.5, 0, 30, 'm', '1', NULL, NULL, NULL, NULL, 0)",
+            [(f"e{i}", float(i), float(i)) for i in range(100)])
+        connection.executemany("INSERT INTO alerts VALUES (?, 'd', 0, ?, 1, 1, ?, 'm', '1', 'anomaly', NULL)",
+                               [("old-closed", 5.0, "closed"), ("old-open", None, "open")])
+        prune(connection, RetentionSettings(max_age_s=50.0), now=100.0)
+        assert connection.execute("SELECT MIN(received_at), COUNT(*) FROM predictions").fetchone() == (50.0, 50)
+        assert connection.execute("SELECT incident_id FROM alerts").fetchall() == [("old-open",)]
+        prune(connection, RetentionSettings(max_rows=10), now=100.0)
+        assert connection.execute("SELECT MIN(received_at), COUNT(*) FROM predictions").fetchone() == (90.0, 10)
+
+
+def test_a_database_of_an_earlier_release_gains_the_new_columns(tmp_path):
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE alerts (incident_id TEXT PRIMARY KEY, device_id TEXT NOT NULL)")
+    with connect(db) as connection:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(alerts)")]
+    assert columns == list(ALERTS.column_names)
 
 
 def test_tables_have_exactly_the_schema_columns(tmp_path):
@@ -58,11 +129,11 @@ def test_every_result_stream_round_trips_through_the_sink(tmp_path):
     closed = Incident("d:1.000", "d", 1.0, 9.0, 0.9, 5, "closed", "m", "1")
     letter = DeadLetter(DeadLetterReason.BAD_JSON, "invalid JSON", "{", 1.5, None)
     with beam.Pipeline(options=PipelineOptions(runner=LOCAL_RUNNER)) as pipeline:
-        _ = pipeline | "P" >> beam.Create([("d", prediction)]) | "WP" >> sink.write(PREDICTIONS)
-        _ = pipeline | "A" >> beam.Create([opened]) | "WA" >> sink.write(ALERTS)
-        _ = pipeline | "D" >> beam.Create([letter]) | "WD" >> sink.write(DEAD_LETTERS)
+        _ = pipeline | "P" >> beam.Create([("d", prediction)]) | "WP" >> sink.write((PREDICTIONS,))
+        _ = pipeline | "A" >> beam.Create([opened]) | "WA" >> sink.write((ALERTS,))
+        _ = pipeline | "D" >> beam.Create([letter]) | "WD" >> sink.write((DEAD_LETTERS,))
     with beam.Pipeline(options=PipelineOptions(runner=LOCAL_RUNNER)) as pipeline:
-        _ = pipeline | beam.Create([closed]) | sink.write(ALERTS)
+        _ = pipeline | beam.Create([closed]) | sink.write((ALERTS,))
     assert sink.path == tmp_path / "results.db"
     with sqlite3.connect(sink.path) as connection:
         row = connection.execute("SELECT is_anomaly, sensor_contributions, label FROM predictions").fetchone()

@@ -46,15 +46,16 @@ def test_an_id_older_than_what_is_kept_passes_again():
 
 
 def test_pipeline_counts_duplicates_and_restores_what_the_sink_already_predicted():
-    def already_predicted(device_id: str, since: float) -> list[tuple[str, float]]:
-        return [("p1", 10.0)] if device_id == "d1" else []
+    class AlreadyPredicted:
+        def seen_ids(self, device_id: str, since: float) -> list[tuple[str, float]]:
+            return [("p1", 10.0)] if device_id == "d1" else []
 
     batches = [("d1", batch("d1", ["p1", "e1", "e2"], [10.0, 11.0, 12.0])),
                ("d1", batch("d1", ["e2", "e3"], [12.0, 13.0])),
                ("d2", batch("d2", ["p1"], [10.0]))]
     pipeline = beam.Pipeline(options=PipelineOptions(runner=LOCAL_RUNNER))
     unique = (pipeline | beam.Create(batches)
-              | DropDuplicates(horizon_s=60, max_ids=100, restore=already_predicted))
+              | DropDuplicates(horizon_s=60, max_ids=100, restore=AlreadyPredicted()))
     kept = unique.events | beam.FlatMap(lambda kv: kv[1].event_ids.tolist())
     assert_that(kept, equal_to(["e1", "e2", "e3", "p1"]), label="FirstSightings")
     assert_that(unique.duplicates | beam.Map(lambda d: (d.device_id, d.event_id)),
