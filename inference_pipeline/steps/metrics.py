@@ -38,6 +38,8 @@ class Interval:
 
     def add(self, outcome: PredictionBatch | DeadLetter | Duplicate) -> None:
         if isinstance(outcome, PredictionBatch):
+            if not len(outcome):  # a roster notice passing through: nothing predicted
+                return
             self.predictions += len(outcome)
             self.event_latency_s.append(outcome.processing_time - outcome.event_time)
             self.arrival_latency_s.append(outcome.processing_time - outcome.received_at)

@@ -35,6 +35,8 @@ from inference_pipeline.connectors.mqtt.settings import MqttSettings
 
 LOG = logging.getLogger(__name__)
 FORWARD_EVERY_S = 0.002
+# Payload bytes the child holds before paho's network thread waits (and the broker, no longer read, keeps the rest).
+MAX_PENDING_BYTES = 16 * 2**20
 PASSWORD_ENV = "IOTML_MQTT_PASSWORD"
 _LENGTH = struct.Struct("<I")
 
@@ -87,6 +89,7 @@ class _Receiver:
         self._out = out
         self._cond = threading.Condition()
         self._pending: list[Delivery | Reconnected] = []
+        self._pending_bytes = 0
         self._epoch = 0
         self._client = create_client(
             settings, client_id=settings.client_id, clean_start=settings.clean_start, manual_ack=True)
@@ -123,6 +126,9 @@ class _Receiver:
         payload, limit = message.payload, self._settings.max_payload_bytes
         head = payload if len(payload) <= limit else payload[:limit]
         with self._cond:
+            while self._pending_bytes > MAX_PENDING_BYTES:  # backpressure: stop reading the socket
+                self._cond.wait()
+            self._pending_bytes += len(head)
             self._pending.append((head, time.time(), message.mid, message.qos, self._epoch, len(payload),
                                   bool(message.dup)))
             self._cond.notify()
@@ -134,7 +140,8 @@ class _Receiver:
                     self._cond.wait()
             time.sleep(FORWARD_EVERY_S)
             with self._cond:
-                batch, self._pending = self._pending, []
+                batch, self._pending, self._pending_bytes = self._pending, [], 0
+                self._cond.notify_all()
             try:
                 write_frame(self._out, batch)
             except (BrokenPipeError, ValueError):

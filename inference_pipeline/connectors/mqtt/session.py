@@ -22,6 +22,9 @@ from inference_pipeline.connectors.mqtt.resends import Ack, Resends
 from inference_pipeline.connectors.mqtt.settings import MqttSettings
 
 _LOGGER = logging.getLogger(__name__)
+# Payload bytes queued here before the collector stops reading the receiver's pipe: with the receiver's own budget,
+# what a backlog costs this process is bounded (the broker keeps the rest; Mosquitto pushes a whole queued backlog).
+MAX_QUEUED_BYTES = 32 * 2**20
 
 
 @dataclasses.dataclass
@@ -57,6 +60,7 @@ class _Session:
         self.token = uuid.uuid4().hex
         self._cond = threading.Condition()
         self._queue: collections.deque[_Delivery] = collections.deque()
+        self._queued_bytes = 0
         self._returned: list[_Delivery] = []
         self._resends = Resends()
         self._refs = 0
@@ -94,6 +98,9 @@ class _Session:
         readers fail with that reason instead of waiting forever."""
         problem = None
         while problem is None:
+            with self._cond:  # backpressure: past the budget, leave the rest in the pipe (then in the broker)
+                while self._queued_bytes > MAX_QUEUED_BYTES and not self._closed:
+                    self._cond.wait(1.0)
             try:
                 items = [item if isinstance(item, Reconnected) else _Delivery(*item)
                          for item in read_frame(self._receiver.stdout)]
@@ -126,6 +133,7 @@ class _Session:
             acks += now
             if queue_it:
                 self._queue.append(item)
+                self._queued_bytes += len(item.payload)
         return acks
 
     def _send(self, acks: list[Ack]) -> None:
@@ -159,6 +167,8 @@ class _Session:
             while True:
                 while self._queue and len(taken) + len(fresh) < limit:
                     fresh.append(self._queue.popleft())
+                    self._queued_bytes -= len(fresh[-1].payload)
+                self._cond.notify_all()
                 if len(taken) + len(fresh) >= limit:
                     break
                 if not self._wait_for_delivery(min(time.monotonic() + gap_s, window_end)):
