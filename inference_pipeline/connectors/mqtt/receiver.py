@@ -37,6 +37,8 @@ LOG = logging.getLogger(__name__)
 FORWARD_EVERY_S = 0.002
 # Payload bytes the child holds before paho's network thread waits (and the broker, no longer read, keeps the rest).
 MAX_PENDING_BYTES = 16 * 2**20
+# The longest paho's network thread waits for room per message, so its acks and keepalive pings still go out.
+MAX_BLOCK_S = 1.0
 PASSWORD_ENV = "IOTML_MQTT_PASSWORD"
 _LENGTH = struct.Struct("<I")
 
@@ -126,8 +128,10 @@ class _Receiver:
         payload, limit = message.payload, self._settings.max_payload_bytes
         head = payload if len(payload) <= limit else payload[:limit]
         with self._cond:
-            while self._pending_bytes > MAX_PENDING_BYTES:  # backpressure: stop reading the socket
-                self._cond.wait()
+            # Backpressure: over budget, read the socket slower, never so slowly that acks and pings stop.
+            deadline = time.monotonic() + MAX_BLOCK_S
+            while self._pending_bytes > MAX_PENDING_BYTES and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
             self._pending_bytes += len(head)
             self._pending.append((head, time.time(), message.mid, message.qos, self._epoch, len(payload),
                                   bool(message.dup)))
