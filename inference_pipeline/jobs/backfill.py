@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.tables import timestamps_to_epoch
-from features.window import series_features, window_fill
+from features.window import forward_fill, series_features, window_fill
 from inference_pipeline.results import PredictionBatch
 from inference_pipeline.steps.alerts import DebounceState, debounce
 from model_handlers.networks import error_to_score
@@ -41,11 +41,6 @@ class BackfillSettings:
     seed: int = 0
 
 
-def _fill_causally(values: np.ndarray) -> np.ndarray:
-    """Missing readings take the last seen value of their column (0 before any)."""
-    return pd.DataFrame(values).ffill().fillna(0.0).to_numpy(dtype=np.float64)
-
-
 def score_series(values: np.ndarray, settings: BackfillSettings = BackfillSettings()) -> tuple[np.ndarray, np.ndarray]:
     """(anomaly_score in [0, 1], is_anomaly 0/1) for each row of one series (n, S)."""
     n = len(values)
@@ -56,7 +51,7 @@ def score_series(values: np.ndarray, settings: BackfillSettings = BackfillSettin
         LOG.warning("series of %d rows is too short to warm up (needs %d); all rows scored 0",
                     n, 2 * settings.min_warmup_rows)
         return scores, flags
-    features = series_features(_fill_causally(values), window).astype(np.float64)
+    features = series_features(forward_fill(np.zeros(values.shape[1]), values), window).astype(np.float64)
     fitted = features[window - 1:warmup]
     mean = fitted.mean(axis=0)
     std = fitted.std(axis=0)
