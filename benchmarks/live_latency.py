@@ -3,7 +3,8 @@
 Starts the pipeline as its own process, publishes a warm-up (excluded: model load, TF graph build), waits for it to
 drain, then publishes the measured run at ``--rate`` for ``--duration`` seconds, waits for the stream to drain and
 stops the pipeline with SIGINT (a clean drain: the benchmark exits 1 if the pipeline does not exit cleanly). It logs
-the pipeline's resident memory after warm-up, minute by minute, at the end and at its peak. Latency is publish -> prediction available
+the pipeline's resident memory (its receiver child included) after warm-up, minute by minute, at the end and at its
+peak. Latency is publish -> prediction available
 at the sink: each event's ``ts`` is the wall clock when the generator published it, and the prediction's
 ``processing_time`` is stamped just before its SQLite row is written. Last output line is JSON:
 {"rate", "duration_s", "published", "predictions", "dead_letters", "lost", "p50_ms", "p95_ms", "p99_ms", "sustained_eps"}
@@ -115,20 +116,32 @@ def wait_drained(db: Path, report: PublishReport, process: subprocess.Popen, sta
 
 
 class MemorySampler:
-    """The pipeline process's resident memory (Linux /proc), sampled every second in the background."""
+    """Resident memory of the pipeline process and its children (the MQTT receiver), from Linux /proc, sampled every
+    second in the background."""
 
     def __init__(self, pid: int):
-        self._status = Path(f"/proc/{pid}/status")
+        self._pid = pid
         self.samples_mb: list[float] = []
         self._stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
     def rss_mb(self) -> float | None:
+        """The summed resident memory in MB; None once the pipeline process is gone."""
+        pids = [self._pid]
         try:
-            line = next(row for row in self._status.read_text().splitlines() if row.startswith("VmRSS:"))
-        except (OSError, StopIteration):
+            for task in Path(f"/proc/{self._pid}/task").iterdir():
+                pids += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
             return None
-        return int(line.split()[1]) / 1024
+        total = 0
+        for pid in pids:
+            try:
+                line = next(row for row in Path(f"/proc/{pid}/status").read_text().splitlines()
+                            if row.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                continue
+            total += int(line.split()[1])
+        return total / 1024
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):

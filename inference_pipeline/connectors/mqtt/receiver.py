@@ -35,8 +35,11 @@ from inference_pipeline.connectors.mqtt.settings import MqttSettings
 
 LOG = logging.getLogger(__name__)
 FORWARD_EVERY_S = 0.002
-# Payload bytes the child holds before paho's network thread waits (and the broker, no longer read, keeps the rest).
-MAX_PENDING_BYTES = 16 * 2**20
+# Bytes the child holds before paho's network thread waits (and the broker, no longer read, keeps the rest).
+MAX_PENDING_BYTES = 8 * 2**20
+# What a queued message costs beyond its payload (its tuple or object, numbers and list slot), counted with it so
+# that a backlog of tiny messages is bounded too.
+MESSAGE_OVERHEAD_BYTES = 512
 # The longest paho's network thread waits for room per message, so its acks and keepalive pings still go out.
 MAX_BLOCK_S = 1.0
 PASSWORD_ENV = "IOTML_MQTT_PASSWORD"
@@ -132,7 +135,7 @@ class _Receiver:
             deadline = time.monotonic() + MAX_BLOCK_S
             while self._pending_bytes > MAX_PENDING_BYTES and time.monotonic() < deadline:
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
-            self._pending_bytes += len(head)
+            self._pending_bytes += len(head) + MESSAGE_OVERHEAD_BYTES
             self._pending.append((head, time.time(), message.mid, message.qos, self._epoch, len(payload),
                                   bool(message.dup)))
             self._cond.notify()

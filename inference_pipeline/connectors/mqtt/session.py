@@ -17,14 +17,16 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from inference_pipeline.connectors.mqtt.receiver import Reconnected, read_frame, start_receiver, write_frame
+from inference_pipeline.connectors.mqtt.receiver import (
+    MESSAGE_OVERHEAD_BYTES, Reconnected, read_frame, start_receiver, write_frame)
 from inference_pipeline.connectors.mqtt.resends import Ack, Resends
-from inference_pipeline.connectors.mqtt.settings import MqttSettings
+from inference_pipeline.connectors.mqtt.settings import MqttSettings, ReadLimits
 
 _LOGGER = logging.getLogger(__name__)
-# Payload bytes queued here before the collector stops reading the receiver's pipe: with the receiver's own budget,
-# what a backlog costs this process is bounded (the broker keeps the rest; Mosquitto pushes a whole queued backlog).
-MAX_QUEUED_BYTES = 32 * 2**20
+# Bytes queued here (``_Delivery.held_bytes``) before the collector stops reading the receiver's pipe: with the
+# receiver's own budget, what a backlog costs this process is bounded (the broker keeps the rest; Mosquitto pushes a
+# whole queued backlog).
+MAX_QUEUED_BYTES = 16 * 2**20
 
 
 @dataclasses.dataclass
@@ -43,6 +45,23 @@ class _Delivery:
     @property
     def truncated(self) -> bool:
         return self.size > len(self.payload)
+
+    @property
+    def held_bytes(self) -> int:
+        """What it costs queued: its payload and the object around it."""
+        return len(self.payload) + MESSAGE_OVERHEAD_BYTES
+
+
+def _head(deliveries: Sequence[_Delivery], limit: int, max_bytes: int) -> list[_Delivery]:
+    """The longest prefix of ``deliveries`` within ``limit`` messages and ``max_bytes`` of payload (at least one)."""
+    head: list[_Delivery] = []
+    size = 0
+    for delivery in deliveries[:limit]:
+        size += len(delivery.payload)
+        if head and size > max_bytes:
+            break
+        head.append(delivery)
+    return head
 
 
 class _Session:
@@ -133,7 +152,7 @@ class _Session:
             acks += now
             if queue_it:
                 self._queue.append(item)
-                self._queued_bytes += len(item.payload)
+                self._queued_bytes += item.held_bytes
         return acks
 
     def _send(self, acks: list[Ack]) -> None:
@@ -155,21 +174,29 @@ class _Session:
             self._cond.wait(left)
         return True
 
-    def take(self, timeout: float, limit: int, window_s: float, gap_s: float) -> list[_Delivery]:
-        """Up to ``limit`` deliveries (redeliveries of failed readers first): waits ``timeout`` seconds for the
-        first, then gathers for up to ``window_s`` more, stopping early after ``gap_s`` without a message."""
+    def take(self, timeout: float, limit: int, window_s: float, gap_s: float,
+             max_bytes: int = ReadLimits.max_batch_bytes) -> list[_Delivery]:
+        """Up to ``limit`` deliveries and, past the first, ``max_bytes`` of payload (redeliveries of failed readers
+        first): waits ``timeout`` seconds for the first, then gathers for up to ``window_s`` more, stopping early
+        after ``gap_s`` without a message."""
         with self._cond:
-            taken, self._returned = self._returned[:limit], self._returned[limit:]
+            taken = _head(self._returned, limit, max_bytes)
+            del self._returned[:len(taken)]
             if not taken and not self._wait_for_delivery(time.monotonic() + timeout):
                 return []
             window_end = time.monotonic() + window_s
             fresh: list[_Delivery] = []
+            size, full = sum(len(delivery.payload) for delivery in taken), False
             while True:
-                while self._queue and len(taken) + len(fresh) < limit:
-                    fresh.append(self._queue.popleft())
-                    self._queued_bytes -= len(fresh[-1].payload)
+                while self._queue and len(taken) + len(fresh) < limit and not full:
+                    next_size = len(self._queue[0].payload)
+                    full = bool(taken or fresh) and size + next_size > max_bytes
+                    if not full:
+                        fresh.append(self._queue.popleft())
+                        size += next_size
+                        self._queued_bytes -= fresh[-1].held_bytes
                 self._cond.notify_all()
-                if len(taken) + len(fresh) >= limit:
+                if full or len(taken) + len(fresh) >= limit:
                     break
                 if not self._wait_for_delivery(min(time.monotonic() + gap_s, window_end)):
                     break

@@ -115,19 +115,21 @@ class ReadLimits:
 
     ``poll_wait_s``: how long a bundle's first read waits for a message (FnApiRunner reschedules an idle source at
     once, so this is what keeps it from spinning). A batch gathers the messages arriving within ``batch_window_s``
-    of its first one, ends early after ``batch_wait_s`` without a message, and holds at most ``max_batch``: the
-    window trades latency for per-batch overhead. The watermark is the largest event time seen minus
-    ``max_lateness_s``, or, after ``idle_watermark_after_s`` without messages, the wall clock minus
-    ``max_lateness_s``. ``max_records`` and ``stop_after_idle_s`` end the stream (benchmarks, tests, draining a
-    backlog): the reader then reports a final watermark and the pipeline finishes. While no message arrives, the
-    reader emits an empty batch every ``idle_tick_s`` (None: never), so the steps that act on the passing of time
-    (the device roster's silence and expiry notices) run when nothing arrives at all.
+    of its first one, ends early after ``batch_wait_s`` without a message, and holds at most ``max_batch`` messages
+    and ``max_batch_bytes`` of payload (a bundle is one batch, and each step holds a copy of it: the byte limit bounds
+    what a backlog of large payloads costs): the window trades latency for per-batch overhead. The watermark is the
+    largest event time seen minus ``max_lateness_s``, or, after ``idle_watermark_after_s`` without messages, the
+    wall clock minus ``max_lateness_s``. ``max_records`` and ``stop_after_idle_s`` end the stream (benchmarks,
+    tests, draining a backlog): the reader then reports a final watermark and the pipeline finishes. While no
+    message arrives, the reader emits an empty batch every ``idle_tick_s`` (None: never), so the steps that act on
+    the passing of time (the device roster's silence and expiry notices) run when nothing arrives at all.
     """
 
     poll_wait_s: float = 0.25
     batch_window_s: float = 0.03
     batch_wait_s: float = 0.01
     max_batch: int = 2000
+    max_batch_bytes: int = 4 * 2**20
     max_lateness_s: float = 60.0
     max_clock_skew_s: float = 300.0
     idle_watermark_after_s: float | None = 30.0

@@ -86,7 +86,8 @@ class MqttReader(UnboundedReader):
         limits = self._limits
         wait = limits.poll_wait_s if self._bundle_start else limits.batch_wait_s
         self._bundle_start = False
-        deliveries = self._session.take(wait, self._batch_limit(), limits.batch_window_s, limits.batch_wait_s)
+        deliveries = self._session.take(wait, self._batch_limit(), limits.batch_window_s, limits.batch_wait_s,
+                                        limits.max_batch_bytes)
         if not deliveries:
             self._on_idle()
             return self._tick()
@@ -154,7 +155,7 @@ class MqttReader(UnboundedReader):
 
     def get_checkpoint_mark(self) -> MqttCheckpointMark:
         acks = [(d.epoch, d.mid) for d in self._read]
-        self._read = []
+        self._read, self._current = [], None  # a parked reader holds no batch
         self._bundle_start = True
         return MqttCheckpointMark(
             self._settings.client_id, self._session.token, acks, self._records, self._max_event, self._watermark)
@@ -170,13 +171,23 @@ class MqttReader(UnboundedReader):
 
 
 class MqttSource(UnboundedSource):
-    """An MQTT subscription as an unbounded source of list[RawEvent] (not split: one client id, one session)."""
+    """An MQTT subscription as an unbounded source of list[RawEvent] (not split: one client id, one session).
+
+    It pickles to the same bytes however often it is pickled and unpickled: Beam parks the live reader between
+    bundles under the pickled source and finds it again by the pickle of the source it decoded for the next
+    bundle. Pickled whole, pydantic settings carry their set of given fields, whose order can change in a round
+    trip (with some hash seeds): then every bundle missed the parked reader, opened another, and each parked one
+    kept its last batch (up to 100 of them) until it idled out.
+    """
 
     def __init__(self, settings: MqttSettings, limits: ReadLimits = ReadLimits()):
         if not settings.topics:
             raise ValueError("MqttSettings.topics is empty: nothing to subscribe to")
-        self.settings = settings
+        self.settings = MqttSettings.model_validate(settings.model_dump())
         self.limits = limits
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], ReadLimits]]:
+        return _mqtt_source, (self.settings.model_dump(), self.limits)
 
     def split(self, desired_num_splits: int, options: Any = None) -> list["MqttSource"]:
         return [self]
@@ -189,6 +200,10 @@ class MqttSource(UnboundedSource):
 
     def default_output_coder(self) -> coders.Coder:
         return RawEventsCoder()
+
+
+def _mqtt_source(settings: dict[str, Any], limits: ReadLimits) -> MqttSource:
+    return MqttSource(MqttSettings.model_validate(settings), limits)
 
 
 class ReadFromMqtt(beam.PTransform):
