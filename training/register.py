@@ -1,8 +1,12 @@
 """MLflow tracking and Model Registry: each training run registers a new version; ``champion`` moves only on merit."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import mlflow
 from mlflow import MlflowClient
@@ -21,6 +25,40 @@ class Registration:
     promoted: bool
     champion_version: str
     reason: str
+
+
+@contextlib.contextmanager
+def _one_quick_try(timeout_s: int) -> Iterator[None]:
+    """MLflow's HTTP requests without retries and with a short timeout (its defaults retry for minutes)."""
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(zip(names, ("0", str(timeout_s))))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def check_tracking_server(tracking_uri: str, timeout_s: int = 10) -> None:
+    """Fail before any training when an HTTP tracking server does not answer: ConnectionError naming its host
+    (never the URI, which may carry a password) and the first line of the failure."""
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        with _one_quick_try(timeout_s):
+            MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+    except Exception as exc:  # MLflow wraps connection, TLS and HTTP errors differently: all mean "unusable"
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if parts.password:
+            first_line = first_line.replace(parts.password, "***")
+        first_line = first_line[:600]
+        where = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        raise ConnectionError(f"MLflow tracking server at {where} is not usable: {first_line}") from None
 
 
 def experiment_id(tracking_uri: str, experiment: str, artifact_root: Path) -> str:

@@ -13,7 +13,7 @@ from features.spec import FeatureSpec
 from model_handlers.model_version import TRANSFORM, write_model_version
 from model_handlers.torch_model import save_network
 from training.feature_pipeline import fitted_spec, run_feature_pipeline
-from training.register import Registration, register_run
+from training.register import Registration, check_tracking_server, register_run
 from training.simulate import read_frame
 from training.train import detection_metrics, errors_of, fit_autoencoder, split_holdout
 
@@ -51,6 +51,7 @@ def train_and_register(train_table: Path, eval_table: Path, spec: FeatureSpec, t
                        tracking_uri: str, model_name: str, options: PipelineOptions, promote: bool = False,
                        progress: bool = True) -> TrainingRun:
     """Fit MLTransform and the autoencoder on ``train_table`` (normal data), score ``eval_table`` (labelled)."""
+    check_tracking_server(tracking_uri)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     spec = fitted_spec(read_frame(train_table), spec)
     bundle_dir = work_dir / "bundles" / run_id
