@@ -15,17 +15,26 @@ Start-up and steady state are reported apart:
 - baseline start-up: its set-up (reading the fitted scaling, loading the model); steady state: events / the loop
   (reading the file's lines, then chunk by chunk to the threshold).
 
-Each side runs ``--runs`` times (interleaved); the numbers are medians, ``ratio`` the median of the per-run ratios of
-steady-state events per second (pipeline / baseline). Counts are checked to equal ``--events`` on both sides. Last
+The pipeline also runs with two SDK worker processes (``direct_num_workers=2``, ``direct_running_mode=
+multi_processing``). Beam 2.77's local runner runs a stage that holds user state on one worker only (its
+``_get_bundle_manager``: "a single key cannot be processed concurrently"), and our fused stage holds the per-device
+state, so the second worker has nothing to do: the figure shows what the local runner gives, not what a runner that
+partitions state by key (Dataflow) gives.
+
+Each side runs ``--runs`` times (interleaved); the numbers are medians, each ratio the median of the per-run ratios
+of steady-state events per second (pipeline / baseline). Counts are checked to equal ``--events`` on every side. Last
 output line is JSON:
-{"events": N, "pipeline_eps": x, "baseline_eps": y, "ratio": r, "pipeline_startup_s": s, "baseline_startup_s": s,
- "runs": 3}
+{"events": N, "pipeline_eps": x, "baseline_eps": y, "ratio": r, "pipeline_eps_2_workers": x2, "ratio_2_workers": r2,
+ "pipeline_startup_s": s, "baseline_startup_s": s, "runs": 3}
 
     python benchmarks/replay_throughput.py --events 200000 [--bundle PATH] [--batch-size 4000] [--runs 3]
 
-Profile (the local runner executes bundles in this process, so the pipeline's steps show up under it):
+Profile (the local runner executes bundles in this process, so the pipeline's steps show up under it). py-spy's
+sampling over-weights native calls (it gave the autoencoder's forward pass 1.3 s where timing it gave 0.3 s), so
+read its Python-level split and confirm a step's share by timing it:
 
-    pip install py-spy && py-spy record -o replay.svg -- python benchmarks/replay_throughput.py --events 200000 --runs 1
+    pip install py-spy && py-spy record -r 200 -f raw -o replay.txt -- \
+        python benchmarks/replay_throughput.py --events 200000 --runs 1
     python -m cProfile -o replay.prof benchmarks/replay_throughput.py --events 200000 --runs 1
     python -c "import pstats; pstats.Stats('replay.prof').sort_stats('cumulative').print_stats(40)"
 """
@@ -51,7 +60,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from features.scaling import ScaleFeatures
 from features.schema import EventBatch, EventRules, FeatureBatch, RawEvent, parse_events
 from features.window import WindowState
-from inference_pipeline.builder import LOCAL_RUNNER, create_pipeline
+from inference_pipeline.builder import LOCAL_RUNNER, create_pipeline, pipeline_options
 from inference_pipeline.config import Config, load_config
 from inference_pipeline.connectors.replay import ReplaySettings, read_payloads
 from inference_pipeline.runtime.run import event_rules, outcome_counts, run_graph
@@ -65,7 +74,6 @@ BENCH = "bench"
 
 def train_version(work: Path) -> ModelVersion:
     """A small model trained and registered the normal way (the benchmark needs a real model version)."""
-    from inference_pipeline.builder import pipeline_options
     from inference_pipeline.jobs.main_job import simulate_datasets
     from training.workflow import train_and_register
 
@@ -115,11 +123,19 @@ class _FirstBatchSize(beam.DoFn):
             self._events.update(events)
 
 
-def run_pipeline(config: Config, events: Path, version: ModelVersion, rules: EventRules, batch_size: int) -> Run:
+def run_pipeline(config: Config, events: Path, version: ModelVersion, rules: EventRules, batch_size: int,
+                 workers: int = 1) -> Run:
+    """The pipeline on the local runner; ``workers`` > 1 runs Beam's SDK workers as that many processes
+    (``direct_num_workers``, ``direct_running_mode=multi_processing``)."""
     started = time.time()
     replay = config.model_copy(update={"source": ReplaySettings(path=str(events), batch_size=batch_size),
                                        "sinks": {}})
-    graph = create_pipeline(replay, version, rules)
+    options = None
+    if workers > 1:
+        options = PipelineOptions.from_dictionary({**pipeline_options(replay).get_all_options(drop_default=True),
+                                                   "direct_num_workers": workers,
+                                                   "direct_running_mode": "multi_processing"})
+    graph = create_pipeline(replay, version, rules, options)
     stamps = graph.outputs.results | "BenchStamps" >> beam.ParDo(_StampBatches())
     _ = (stamps | "BenchFirstBatch" >> beam.combiners.Top.Smallest(1)
          | "BenchFirstBatchSize" >> beam.ParDo(_FirstBatchSize()))
@@ -190,7 +206,9 @@ def main() -> None:
     logging.getLogger().setLevel(logging.ERROR)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     config = load_config(overrides={"alerting.open_after": 3})
-    pipeline_runs, baseline_runs = [], []
+    runs: list[tuple[Run, Run, Run]] = []
+    # the two-worker run's SDK workers are processes that unpickle this module's steps
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(__file__).parent), os.environ.get("PYTHONPATH"))))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         version = ModelVersion.open(args.bundle) if args.bundle else train_version(work / "train")
@@ -200,23 +218,31 @@ def main() -> None:
         for run in range(args.runs):
             baseline = run_baseline(events, version, rules, args.batch_size, config.alerting.threshold, work)
             pipeline = run_pipeline(config, events, version, rules, args.batch_size)
-            if baseline.predictions != args.events or pipeline.predictions != args.events:
-                raise SystemExit(f"run {run + 1}: event counts differ: baseline {baseline.predictions}, "
-                                 f"pipeline {pipeline.predictions}, events {args.events}")
+            two = run_pipeline(config, events, version, rules, args.batch_size, workers=2)
+            counts = {"baseline": baseline.predictions, "pipeline": pipeline.predictions, "2 workers": two.predictions}
+            if set(counts.values()) != {args.events}:
+                raise SystemExit(f"run {run + 1}: event counts differ from {args.events}: {counts}")
             print(f"run {run + 1}: baseline start-up {baseline.startup_s:.2f} s, {baseline.eps:.0f} ev/s "
                   f"({baseline.total_s:.2f} s in all); pipeline start-up {pipeline.startup_s:.2f} s, "
-                  f"{pipeline.eps:.0f} ev/s steady ({pipeline.total_s:.2f} s in all)", flush=True)
-            baseline_runs.append(baseline)
-            pipeline_runs.append(pipeline)
+                  f"{pipeline.eps:.0f} ev/s steady ({pipeline.total_s:.2f} s in all); two workers start-up "
+                  f"{two.startup_s:.2f} s, {two.eps:.0f} ev/s steady ({two.total_s:.2f} s in all)", flush=True)
+            runs.append((baseline, pipeline, two))
+    baselines, pipelines, twos = zip(*runs)
     print(json.dumps({
         "events": args.events,
-        "pipeline_eps": round(statistics.median(r.eps for r in pipeline_runs), 1),
-        "baseline_eps": round(statistics.median(r.eps for r in baseline_runs), 1),
-        "ratio": round(statistics.median(p.eps / b.eps for p, b in zip(pipeline_runs, baseline_runs)), 3),
-        "pipeline_startup_s": round(statistics.median(r.startup_s for r in pipeline_runs), 2),
-        "baseline_startup_s": round(statistics.median(r.startup_s for r in baseline_runs), 2),
+        "pipeline_eps": _median(r.eps for r in pipelines),
+        "baseline_eps": _median(r.eps for r in baselines),
+        "ratio": _median((p.eps / b.eps for p, b in zip(pipelines, baselines)), 3),
+        "pipeline_eps_2_workers": _median(r.eps for r in twos),
+        "ratio_2_workers": _median((t.eps / b.eps for t, b in zip(twos, baselines)), 3),
+        "pipeline_startup_s": _median((r.startup_s for r in pipelines), 2),
+        "baseline_startup_s": _median((r.startup_s for r in baselines), 2),
         "runs": args.runs,
     }))
+
+
+def _median(values, digits: int = 1) -> float:
+    return round(statistics.median(values), digits)
 
 
 if __name__ == "__main__":

@@ -23,20 +23,27 @@ from model_handlers.torch_model import LoadedModel, resolve_device
 LOG = logging.getLogger(__name__)
 
 
+def feature_rows(element: tuple[str, FeatureBatch] | FeatureBatch) -> int:
+    """An element's weight in a RunInference batch: its feature rows (keyed or not)."""
+    batch = element[1] if isinstance(element, tuple) else element
+    return len(batch.features)
+
+
 class TorchSettings(ModelSettings):
-    """``device``: ``auto`` takes CUDA when the worker has it; ``min/max_batch_size``: device batches per forward
-    pass."""
+    """``device``: ``auto`` takes CUDA when the worker has it; ``min/max_batch_size``: feature rows (events) per
+    forward pass, gathered from the device batches of a bundle (a bundle's last pass takes what is left)."""
 
     handler: Literal["torch"] = "torch"
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    min_batch_size: int = Field(1, ge=1)
-    max_batch_size: int = Field(8, ge=1)
+    min_batch_size: int = Field(4096, ge=1)
+    max_batch_size: int = Field(4096, ge=1)
 
 
 class TorchAnomalyHandler(ModelHandler[FeatureBatch, PredictionResult, LoadedModel]):
     """Scores FeatureBatches with a version's autoencoder: one forward pass per RunInference batch."""
 
-    def __init__(self, version: ModelVersion, device: str = "auto", min_batch_size: int = 1, max_batch_size: int = 64):
+    def __init__(self, version: ModelVersion, device: str = "auto", min_batch_size: int = 4096,
+                 max_batch_size: int = 4096):
         super().__init__()
         self._version = version
         self._device = device
@@ -65,8 +72,8 @@ class TorchAnomalyHandler(ModelHandler[FeatureBatch, PredictionResult, LoadedMod
     def get_metrics_namespace(self) -> str:
         return "iotml_torch"
 
-    def batch_elements_kwargs(self) -> dict[str, int]:
-        return self._batching
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {**self._batching, "element_size_fn": feature_rows}
 
 
 def torch_handler(settings: TorchSettings, version: ModelVersion) -> TorchAnomalyHandler:

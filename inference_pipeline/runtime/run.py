@@ -49,8 +49,7 @@ def run_graph(graph: StreamingGraph) -> tuple[float, PipelineResult]:
         graph.source.check()
     if graph.pipeline.options.view_as(StandardOptions).runner == LOCAL_RUNNER:
         prepare_local_runner()
-    if graph.source.live:
-        gc.freeze()
+    gc.freeze()
     with drain_on_signals(graph.source.stop) if graph.source.stop else contextlib.nullcontext():
         result = graph.pipeline.run()
         result.wait_until_finish()
