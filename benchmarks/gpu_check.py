@@ -1,14 +1,21 @@
-"""GPU path check: train the autoencoder on CUDA, save its weights, load them on CUDA and CPU, compare and time.
+"""GPU path check: train the autoencoder on CUDA, save its weights, load them on CUDA and CPU, compare and time;
+then RunInference with each local handler kind against a raw torch forward of the same network.
 
-Runs where CUDA is present; without it, it prints ``{"skipped": ...}`` and exits with status 1 (nothing is trained).
-Needs torch, numpy, safetensors, pydantic and tqdm only (no Beam, TensorFlow or MLflow), so it runs on a bare GPU
-box: the model version is assembled in memory over the saved weights (``save_network`` -> ``ModelVersion`` ->
-``LoadedModel``, the handler's load path, which verifies the version's manifest) rather than written with ``write_model_version``, which needs fitted
-MLTransform artifacts (TensorFlow) and writes an MLflow model; the rows are synthetic, already-scaled features.
-Scores go through ``LoadedModel.score`` (the model output contract the pipeline's handler returns). Last output line
-is JSON.
+Runs where CUDA is present; without it, it prints ``{"skipped": ...}`` and exits with status 1 (nothing is trained),
+unless ``--device cpu`` asks for the same measurements on the CPU (to check the script itself). Needs torch, numpy,
+safetensors, pydantic, tqdm and Beam (its wheel and small dependencies fit what a bare GPU box can be sent; no
+TensorFlow or MLflow): the model version is assembled in memory over the saved weights (``save_network`` ->
+``ModelVersion`` -> ``LoadedModel``, the handler's load path, which verifies the version's manifest) rather than
+written with ``write_model_version``, which needs fitted MLTransform artifacts (TensorFlow) and writes an MLflow
+model; the rows are synthetic, already-scaled features, so no MLTransform runs.
 
-    python benchmarks/gpu_check.py [--rows 200000]
+Handlers: for each local handler kind (``model_handlers.kinds.HANDLERS``; today ``torch``) and each batch size in
+``--batch-rows``, the pipeline's own ``RunInference`` over keyed ``FeatureBatch`` elements built in memory, on the
+local runner, timed from its first to its last output batch (steady state: set-up and model load excluded), against
+the raw forward a user would write for the same rows (numpy -> device -> network -> host, in batches of the same
+size). ``handler_vs_raw`` is the ratio of rows per second (goal: at least 0.8). Last output line is JSON.
+
+    python benchmarks/gpu_check.py [--rows 200000] [--batch-rows 1024 4096 16384] [--device cpu]
 """
 from __future__ import annotations
 
@@ -19,15 +26,25 @@ import tempfile
 import time
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
 import torch
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from features.schema import EventBatch, FeatureBatch
 from features.spec import FeatureSpec
 from model_handlers.contract import ModelOutput
+from model_handlers.kinds import HANDLERS, keyed_handler
 from model_handlers.manifest import write_manifest
 from model_handlers.model_version import ModelVersion
-from model_handlers.torch_model import LoadedModel, resolve_device, save_network
+from model_handlers.torch_model import LoadedModel, load_network, resolve_device, save_network
 from training.train import fit_autoencoder
+
+LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+ELEMENT_ROWS = 128  # rows per device batch (element), as a live bundle's device batches are
 
 SPEC = FeatureSpec(sensors=tuple(f"s{i}" for i in range(8)), window=30)
 HIDDEN = (32, 8)
@@ -50,13 +67,79 @@ def model_version(path: Path, network: torch.nn.Module, threshold: float) -> Mod
     return ModelVersion(path, meta, write_manifest(path))
 
 
+def raw_rows_per_s(version: ModelVersion, device: torch.device, features: np.ndarray, batch_rows: int) -> float:
+    """A plain forward over ``features`` in batches of ``batch_rows``: numpy -> device -> network -> host."""
+    network = load_network(version, device)
+
+    def one_pass() -> None:
+        with torch.inference_mode():
+            for start in range(0, len(features), batch_rows):
+                x = torch.from_numpy(features[start:start + batch_rows]).to(device)
+                network(x).cpu()
+
+    one_pass()
+    started = time.perf_counter()
+    one_pass()
+    return len(features) / (time.perf_counter() - started)
+
+
+class _Stamp(beam.DoFn):
+    """Each output batch's wall clock (ms) and rows, into distributions: first to last batch is the steady state."""
+
+    def __init__(self):
+        self._ms = Metrics.distribution("gpu_check", "ms")
+        self._rows = Metrics.distribution("gpu_check", "rows")
+
+    def process(self, element) -> None:
+        self._ms.update(int(time.time() * 1000))
+        self._rows.update(len(element[1].example))
+
+
+def _element(index: int, features: np.ndarray) -> tuple[str, FeatureBatch]:
+    rows = features[index * ELEMENT_ROWS:(index + 1) * ELEMENT_ROWS]
+    n = len(rows)
+    events = EventBatch(f"d{index % 50}", np.full(n, "e", dtype=object), np.zeros(n), np.zeros((n, 8)), np.zeros(n))
+    return events.device_id, FeatureBatch(events, rows, np.full(n, 30), scaled_by="none")
+
+
+def run_inference_rows_per_s(settings, version: ModelVersion, features: np.ndarray) -> float:
+    """The pipeline's RunInference with ``settings``' handler over the rows as keyed FeatureBatches, steady state."""
+    elements = len(features) // ELEMENT_ROWS
+    with beam.Pipeline(options=PipelineOptions([], runner=LOCAL_RUNNER)) as pipeline:
+        _ = (pipeline | beam.Create(range(elements)) | beam.Map(_element, features)
+             | RunInference(keyed_handler(settings, version)) | beam.ParDo(_Stamp()))
+    found = {d.key.metric.name: d.committed
+             for d in pipeline.result.metrics().query(MetricsFilter().with_namespace("gpu_check"))["distributions"]}
+    stamps, rows = found["ms"], found["rows"]
+    return (rows.sum - rows.min) / max((stamps.max - stamps.min) / 1000, 1e-3)
+
+
+def handler_figures(version: ModelVersion, device: str, features: np.ndarray, batch_sizes: list[int]) -> list[dict]:
+    """RunInference per local handler kind and batch size against the raw forward at the same batch size."""
+    figures = []
+    for settings_type in HANDLERS:
+        for batch_rows in batch_sizes:
+            settings = settings_type(uri=str(version.path), device=device, min_batch_size=batch_rows,
+                                     max_batch_size=batch_rows)
+            handler = run_inference_rows_per_s(settings, version, features)
+            raw = raw_rows_per_s(version, resolve_device(device), features, batch_rows)
+            figures.append({"handler": settings.handler, "batch_rows": batch_rows, "run_inference_rows_per_s":
+                            round(handler), "raw_forward_rows_per_s": round(raw),
+                            "handler_vs_raw": round(handler / raw, 3)})
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--batch-rows", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--device", choices=["gpu", "cpu"], default="gpu",
+                        help="cpu: the same measurements without CUDA (checks the script, not the GPU)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "gpu" and not torch.cuda.is_available():
         print(json.dumps({"skipped": "CUDA is not available here", "torch": torch.__version__}))
         sys.exit(1)
+    device = args.device
     rng = np.random.default_rng(0)
     dim = len(SPEC.feature_names)
     mixing = rng.normal(size=(8, dim))
@@ -64,27 +147,29 @@ def main() -> None:
     anomalous = normal[:2000] + rng.normal(0, 3, size=(2000, dim)).astype(np.float32)
     train, holdout = normal[: int(0.8 * args.rows)], normal[int(0.8 * args.rows):]
     timings, fits = {}, {}
-    for device in ("gpu", "cpu"):
+    for kind in dict.fromkeys((device, "cpu")):
         started = time.perf_counter()
-        fits[device] = fit_autoencoder(train, holdout, HIDDEN, 5, 1024, 1e-3, 0.999, 1.5, device=device,
-                                       progress=False)
-        timings[f"train_{device}_s"] = round(time.perf_counter() - started, 2)
-    fit = fits["gpu"]
+        fits[kind] = fit_autoencoder(train, holdout, HIDDEN, 5, 1024, 1e-3, 0.999, 1.5, device=kind, progress=False)
+        timings[f"train_{kind}_s"] = round(time.perf_counter() - started, 2)
+    fit = fits[device]
     with tempfile.TemporaryDirectory() as tmp:
         version = model_version(Path(tmp) / "version", fit.network, fit.threshold)
-        gpu = LoadedModel(version, resolve_device("gpu"))
+        gpu = LoadedModel(version, resolve_device(device))
         cpu = LoadedModel(version, resolve_device("cpu"))
         gpu_out, gpu_s = timed_scores(gpu, normal)
         cpu_out, cpu_s = timed_scores(cpu, normal)
         detected = float((gpu.score(anomalous).raw_score >= version.threshold).mean())
         false_alarms = float((gpu_out.anomaly_score >= 0.5).mean())
+        handlers = handler_figures(version, device, normal, args.batch_rows)
     print(json.dumps({
-        "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "auto_device": str(resolve_device("auto")),
+        "device": torch.cuda.get_device_name(0) if device == "gpu" else "cpu", "torch": torch.__version__,
+        "auto_device": str(resolve_device("auto")),
         "network_on": str(next(gpu.network.parameters()).device), "rows": args.rows,
         "max_abs_diff_gpu_cpu": float(np.max(np.abs(gpu_out.raw_score - cpu_out.raw_score))),
         "allclose": bool(np.allclose(gpu_out.raw_score, cpu_out.raw_score, rtol=1e-3, atol=1e-5)),
         "gpu_rows_per_s": round(args.rows / gpu_s), "cpu_rows_per_s": round(args.rows / cpu_s),
         "detected_fraction": round(detected, 3), "false_alarm_fraction": round(false_alarms, 4), **timings,
+        "handlers": handlers,
     }))
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -234,6 +235,28 @@ def validate_event(obj: object, rules: EventRules, now: float) -> tuple[str, str
     event_id = default_event_id(device_id, ts, values) if obj.get("event_id") is None else \
         _text_field(obj, "event_id", device_id)
     return device_id, event_id, ts, values
+
+
+_DEVICE_KEY = re.compile(r'"device_id"\s*:\s*"([^"]*)"')
+
+
+def payload_device(payload: bytes | str, max_bytes: int) -> str | None:
+    """The device id ``parse_events`` would read from a payload, or None where it would read none (the payload is
+    then no valid event, whatever its device). Read without decoding the JSON when that is exact: the text holds no
+    backslash (so every quote in it is JSON's own) and names ``"device_id"`` once; otherwise the payload is decoded
+    (one over ``max_bytes`` never is: it can only be a dead letter)."""
+    text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+    if "\\" not in text and text.count('"device_id"') == 1:
+        found = _DEVICE_KEY.search(text)
+        return found.group(1) if found else None
+    if len(text) > max_bytes:
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    device_id = obj.get("device_id") if isinstance(obj, dict) else None
+    return device_id if isinstance(device_id, str) else None
 
 
 def payload_text(payload: bytes | str) -> str:

@@ -20,6 +20,7 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+import features.coders  # noqa: F401  (imported for its effect: the batches' coders are registered)
 from features.schema import DeviceNotice, EventBatch, FeatureBatch, concat_batches
 from features.spec import FeatureSpec
 from features.window import WindowState
@@ -92,4 +93,5 @@ class DeviceFeatures(beam.PTransform):
         self._fn = _WindowFeaturesFn(spec, restore)
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
-        return events | "WindowFeatures" >> beam.ParDo(self._fn).with_input_types(tuple[str, EventBatch])
+        return events | "WindowFeatures" >> beam.ParDo(self._fn).with_input_types(
+            tuple[str, EventBatch]).with_output_types(tuple[str, FeatureBatch])

@@ -1,5 +1,6 @@
-"""The streaming pipeline, built and never run here: source -> parse (dead letters) -> drop duplicates -> device
-features -> MLTransform -> RunInference -> score -> incidents -> sinks.
+"""The streaming pipeline, built and never run here: source -> (bounded sources on several local workers: shard by
+device) -> parse (dead letters) -> drop duplicates -> device features -> MLTransform -> RunInference -> score ->
+incidents -> sinks.
 
 ``create_pipeline`` is pure: it builds the graph for a config and a model version. The local run, the tests, the
 benchmarks and the Dataflow launch all call it, and the graph runs on any runner; runtime concerns (local runner
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from features.scaling import ScaleFeatures
 from features.schema import DeadLetter, EventRules
@@ -31,6 +32,7 @@ from inference_pipeline.steps.metrics import ReportLiveMetrics
 from inference_pipeline.steps.parse import ParseEvents
 from inference_pipeline.steps.roster import FleetSettings
 from inference_pipeline.steps.score import ScorePredictions, batch_dead_letters
+from inference_pipeline.steps.shard import ShardByDevice
 from model_handlers.kinds import keyed_handler
 from model_handlers.model_version import ModelVersion
 from model_handlers.settings import ModelSettings
@@ -153,11 +155,20 @@ def report_outputs(outputs: Outputs) -> None:
 
 
 def pipeline_options(config: Config, streaming: bool = False) -> PipelineOptions:
-    """The config's pass-through Beam options; locally the FnApiRunner (no Prism download attempt)."""
-    options = {"runner": LOCAL_RUNNER, **config.pipeline_options}
+    """The config's pass-through Beam options; locally the FnApiRunner (no Prism download attempt), its worker
+    processes without a user-state cache (see ``runtime.local_runner``: weighing its entries cost more than it
+    saved)."""
+    options = {"runner": LOCAL_RUNNER, "max_cache_memory_usage_mb": 0, **config.pipeline_options}
     if streaming:
         options["streaming"] = True
     return PipelineOptions.from_dictionary(options)
+
+
+def local_workers(options: PipelineOptions) -> int:
+    """The local runner's worker count (``direct_num_workers``; 1 on any other runner)."""
+    if options.view_as(StandardOptions).runner != LOCAL_RUNNER:
+        return 1
+    return max(options.view_as(DirectOptions).direct_num_workers or 1, 1)
 
 
 def create_pipeline(config: Config, version: ModelVersion, rules: EventRules,
@@ -165,8 +176,12 @@ def create_pipeline(config: Config, version: ModelVersion, rules: EventRules,
     """Read, score, write and report, top to bottom; ``options`` default to the config's."""
     source = SOURCES[type(config.source)](config.source, rules)
     sinks = config.build_sinks()
-    pipeline = beam.Pipeline(options=options or pipeline_options(config, streaming=source.live))
+    options = options or pipeline_options(config, streaming=source.live)
+    pipeline = beam.Pipeline(options=options)
     raws = pipeline | "ReadEvents" >> source.read
+    workers = local_workers(options)
+    if workers > 1 and not source.live:
+        raws = raws | "ShardByDevice" >> ShardByDevice(rules.max_payload_bytes)
     outputs = raws | "ScoreEvents" >> ScoreEvents(version, rules, config.model, config.alerting, config.dedup,
                                                   config.devices, restore_from(config, sinks, source.live))
     write_outputs(outputs, config, sinks)

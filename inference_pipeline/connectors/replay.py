@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from features.coders import RawEventBatch
 from features.schema import EventRules, RawEvent, encode_events
 from features.tables import read_table, table_format, timestamps_to_epoch
 from inference_pipeline.connectors.base import ConnectorSettings, Source
@@ -105,7 +106,7 @@ class _ReplayFn(beam.DoFn):
         self._batch_size = batch_size
         self._rate = rate
 
-    def process(self, path: str) -> Iterator[list[RawEvent]]:
+    def process(self, path: str) -> Iterator[RawEventBatch]:
         payloads, sizes = read_bounded_payloads(path, *self._read_args)
         started = time.time()
         for start in range(0, len(payloads), self._batch_size):
@@ -116,9 +117,9 @@ class _ReplayFn(beam.DoFn):
             now = time.time()
             batch = payloads[start:start + self._batch_size]
             if sizes:
-                yield [RawEvent(payload, now, sizes.get(start + i)) for i, payload in enumerate(batch)]
+                yield RawEventBatch(RawEvent(payload, now, sizes.get(start + i)) for i, payload in enumerate(batch))
             else:
-                yield [RawEvent(payload, now) for payload in batch]
+                yield RawEventBatch(RawEvent(payload, now) for payload in batch)
 
 
 class ReadReplay(beam.PTransform):
@@ -135,7 +136,8 @@ class ReadReplay(beam.PTransform):
                              batch_size, rate)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return pbegin | "File" >> beam.Create([self._path]) | "Emit" >> beam.ParDo(self._fn)
+        return pbegin | "File" >> beam.Create([self._path]) | "Emit" >> beam.ParDo(self._fn).with_output_types(
+            RawEventBatch)
 
 
 def replay_source(settings: ReplaySettings, rules: EventRules) -> Source:

@@ -75,9 +75,12 @@ def _add_missing_columns(connection: sqlite3.Connection) -> None:
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (creating or upgrading if needed) the results database; commits are durable (WAL, synchronous=FULL)."""
+    """Open (creating or upgrading if needed) the results database; commits are durable (WAL, synchronous=FULL).
+
+    The connection may move between threads (a Beam worker process runs a step's bundles on its thread pool and
+    tears the step down on its main thread), one thread at a time."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(str(path), timeout=30.0)
+    connection = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     connection.executescript(SCHEMA)

@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
 from features.schema import EventRules
-from inference_pipeline.builder import LOCAL_RUNNER, StreamingGraph, create_pipeline
+from inference_pipeline.builder import LOCAL_RUNNER, StreamingGraph, create_pipeline, local_workers
 from inference_pipeline.config import Config
 from inference_pipeline.runtime.local_runner import prepare_local_runner
 from inference_pipeline.runtime.results_lock import hold_results, sqlite_paths
@@ -40,15 +40,14 @@ def run_graph(graph: StreamingGraph) -> tuple[float, PipelineResult]:
     """Run a built graph to completion; returns wall seconds and the result (with its metrics).
 
     It first checks that the source's external system answers (a refused or silent broker fails here, at start).
-    On the local runner it applies the runner fixes; a live stream also moves the objects built so far (TF,
-    torch, the graph) out of the cyclic garbage collector, whose full passes over them paused the stream for up to
-    half a second.
+    On the local runner it applies the runner fixes. It moves the objects built so far (TF, torch, the graph) out of
+    the cyclic garbage collector, whose full passes over them paused a live stream for up to half a second.
     """
     started = time.time()
     if graph.source.check is not None:
         graph.source.check()
     if graph.pipeline.options.view_as(StandardOptions).runner == LOCAL_RUNNER:
-        prepare_local_runner()
+        prepare_local_runner(local_workers(graph.pipeline.options))
     gc.freeze()
     with drain_on_signals(graph.source.stop) if graph.source.stop else contextlib.nullcontext():
         result = graph.pipeline.run()

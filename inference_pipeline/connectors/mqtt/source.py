@@ -27,11 +27,11 @@ from apache_beam import coders, typehints
 from apache_beam.io.unbounded_source import ReadFromUnboundedSource, UnboundedReader, UnboundedSource
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
+from features.coders import RawEventsCoder
 from features.schema import EventRules, RawEvent
 from inference_pipeline.connectors.base import Source
 from inference_pipeline.connectors.mqtt.checkpoint import MqttCheckpointMark, MqttCheckpointMarkCoder
 from inference_pipeline.connectors.mqtt.client import connect_and_wait, create_client
-from inference_pipeline.connectors.mqtt.coders import RawEventsCoder
 from inference_pipeline.connectors.mqtt.event_time import event_time
 from inference_pipeline.connectors.mqtt.session import _Delivery, _Session
 from inference_pipeline.connectors.mqtt.settings import MqttSettings, MqttSourceSettings, ReadLimits

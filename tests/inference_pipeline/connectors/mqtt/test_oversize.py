@@ -10,6 +10,7 @@ import tracemalloc
 
 from apache_beam.utils.timestamp import Timestamp
 
+from features.coders import RawEventsCoder
 from features.schema import (
     DeadLetterReason,
     EventRules,
@@ -18,7 +19,6 @@ from features.schema import (
     parse_events,
 )
 from inference_pipeline.connectors.mqtt import session as session_module
-from inference_pipeline.connectors.mqtt.coders import RawEventsCoder
 from inference_pipeline.connectors.mqtt.settings import MqttSettings, ReadLimits
 from inference_pipeline.connectors.mqtt.source import MqttSource
 from inference_pipeline.connectors.replay import read_bounded_payloads, read_payloads
