@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from pydantic import Field
 
@@ -31,26 +32,33 @@ def feature_rows(element: tuple[str, FeatureBatch] | FeatureBatch) -> int:
 
 class TorchSettings(ModelSettings):
     """``device``: ``auto`` takes CUDA when the worker has it; ``min/max_batch_size``: feature rows (events) per
-    forward pass, gathered from the device batches of a bundle (a bundle's last pass takes what is left)."""
+    forward pass, gathered from the device batches of a bundle (a bundle's last pass takes what is left);
+    ``cpu_threads``: torch's intra-op threads on a CPU worker (1: a network this small gains nothing from a parallel
+    pool and pays to wake it on every pass; raise it for a large model)."""
 
     handler: Literal["torch"] = "torch"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     min_batch_size: int = Field(4096, ge=1)
     max_batch_size: int = Field(4096, ge=1)
+    cpu_threads: int = Field(1, ge=1)
 
 
 class TorchAnomalyHandler(ModelHandler[FeatureBatch, PredictionResult, LoadedModel]):
     """Scores FeatureBatches with a version's autoencoder: one forward pass per RunInference batch."""
 
     def __init__(self, version: ModelVersion, device: str = "auto", min_batch_size: int = 4096,
-                 max_batch_size: int = 4096):
+                 max_batch_size: int = 4096, cpu_threads: int = 1):
         super().__init__()
         self._version = version
         self._device = device
+        self._cpu_threads = cpu_threads
         self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
     def load_model(self) -> LoadedModel:
-        model = LoadedModel(self._version, resolve_device(self._device))
+        device = resolve_device(self._device)
+        if device.type == "cpu":
+            torch.set_num_threads(self._cpu_threads)
+        model = LoadedModel(self._version, device)
         LOG.info("loaded %s on %s", model.model_id, model.device)
         return model
 
@@ -77,4 +85,5 @@ class TorchAnomalyHandler(ModelHandler[FeatureBatch, PredictionResult, LoadedMod
 
 
 def torch_handler(settings: TorchSettings, version: ModelVersion) -> TorchAnomalyHandler:
-    return TorchAnomalyHandler(version, settings.device, settings.min_batch_size, settings.max_batch_size)
+    return TorchAnomalyHandler(version, settings.device, settings.min_batch_size, settings.max_batch_size,
+                               settings.cpu_threads)

@@ -107,8 +107,10 @@ def prune(connection: sqlite3.Connection, retention: RetentionSettings, now: flo
 
 
 class _WriteFn(beam.DoFn):
-    """Writes each element's rows of every table in one transaction, so a batch's predictions, incident updates and
-    device state are recorded together or not at all, and readable as soon as they are produced."""
+    """Writes a bundle's elements, the rows of every table, in one transaction at the end of the bundle: a batch's
+    predictions, incident updates and device state are recorded together or not at all, before the source
+    acknowledges the bundle's messages, and readable as soon as the bundle is done (one commit, so one fsync, per
+    bundle rather than per device batch: the commits were a quarter of a live stream's CPU)."""
 
     def __init__(self, path: str, tables: Sequence[Table], retention: RetentionSettings):
         self._path = path
@@ -116,14 +118,24 @@ class _WriteFn(beam.DoFn):
         self._retention = retention
         self._connection: sqlite3.Connection | None = None
         self._pruned_at = 0.0
+        self._pending: list[Any] = []
 
     def setup(self) -> None:
         self._connection = connect(self._path)
 
+    def start_bundle(self) -> None:
+        self._pending = []
+
     def process(self, element: Any) -> None:
-        with self._connection:  # one transaction: committed whole, or rolled back
-            for table, statement in self._tables:
-                self._connection.executemany(statement, table.rows(element))
+        self._pending.append(element)
+
+    def finish_bundle(self) -> None:
+        if self._pending:
+            with self._connection:  # one transaction: committed whole, or rolled back
+                for table, statement in self._tables:
+                    self._connection.executemany(statement, (row for element in self._pending
+                                                             for row in table.rows(element)))
+            self._pending = []
         now = time.time()
         if now - self._pruned_at >= self._retention.every_s and (self._retention.max_age_s or self._retention.max_rows):
             prune(self._connection, self._retention, now)

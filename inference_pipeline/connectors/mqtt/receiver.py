@@ -34,7 +34,8 @@ from inference_pipeline.connectors.mqtt.redact import RedactingStream
 from inference_pipeline.connectors.mqtt.settings import MqttSettings
 
 LOG = logging.getLogger(__name__)
-FORWARD_EVERY_S = 0.002
+# Deliveries are forwarded at most this often, in one frame (each frame wakes the pipeline's collector thread).
+FORWARD_EVERY_S = 0.01
 # Bytes the child holds before paho's network thread waits (and the broker, no longer read, keeps the rest).
 MAX_PENDING_BYTES = 8 * 2**20
 # What a queued message costs beyond its payload (its tuple or object, numbers and list slot), counted with it so

@@ -117,7 +117,9 @@ class ReadLimits:
     once, so this is what keeps it from spinning). A batch gathers the messages arriving within ``batch_window_s``
     of its first one, ends early after ``batch_wait_s`` without a message, and holds at most ``max_batch`` messages
     and ``max_batch_bytes`` of payload (a bundle is one batch, and each step holds a copy of it: the byte limit bounds
-    what a backlog of large payloads costs): the window trades latency for per-batch overhead. The watermark is the
+    what a backlog of large payloads costs): the window trades latency for per-batch overhead (at 2,000 events/s,
+    0.1 s instead of 0.03 s cost 70 ms at the median and saved 37 % of the CPU per event; ``batch_wait_s`` must
+    exceed the receiver's forwarding interval, 10 ms, or every forwarded frame ends a batch). The watermark is the
     largest event time seen minus ``max_lateness_s``, or, after ``idle_watermark_after_s`` without messages, the
     wall clock minus ``max_lateness_s``. ``max_records`` and ``stop_after_idle_s`` end the stream (benchmarks,
     tests, draining a backlog): the reader then reports a final watermark and the pipeline finishes. While no
@@ -126,8 +128,8 @@ class ReadLimits:
     """
 
     poll_wait_s: float = 0.25
-    batch_window_s: float = 0.03
-    batch_wait_s: float = 0.01
+    batch_window_s: float = 0.1
+    batch_wait_s: float = 0.025
     max_batch: int = 2000
     max_batch_bytes: int = 4 * 2**20
     max_lateness_s: float = 60.0
