@@ -165,9 +165,9 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0) if device == "gpu" else "cpu", "torch": torch.__version__,
         "auto_device": str(resolve_device("auto")),
         "network_on": str(next(gpu.network.parameters()).device), "rows": args.rows,
-        "max_abs_diff_gpu_cpu": float(np.max(np.abs(gpu_out.raw_score - cpu_out.raw_score))),
+        "max_abs_diff_device_cpu": float(np.max(np.abs(gpu_out.raw_score - cpu_out.raw_score))),
         "allclose": bool(np.allclose(gpu_out.raw_score, cpu_out.raw_score, rtol=1e-3, atol=1e-5)),
-        "gpu_rows_per_s": round(args.rows / gpu_s), "cpu_rows_per_s": round(args.rows / cpu_s),
+        "device_rows_per_s": round(args.rows / gpu_s), "cpu_rows_per_s": round(args.rows / cpu_s),
         "detected_fraction": round(detected, 3), "false_alarm_fraction": round(false_alarms, 4), **timings,
         "handlers": handlers,
     }))
