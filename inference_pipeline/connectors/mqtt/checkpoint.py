@@ -68,9 +68,3 @@ class MqttCheckpointMarkCoder(coders.Coder):
 
     def is_deterministic(self) -> bool:
         return True
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self)
-
-    def __hash__(self) -> int:
-        return hash(type(self))
