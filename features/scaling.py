@@ -24,7 +24,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from features.artifact_trust import trusted_attributes
-from features.schema import FeatureBatch
+from features.schema import FeatureBatch, feature_rows
 from features.spec import FeatureSpec, scaling_transform
 
 _DEVICE, _BATCH = "__device_id", "__batch"
@@ -59,10 +59,6 @@ def load_fitted_scaling(artifact_dir: str | Path, names: Sequence[str]) -> Calla
 
     apply(np.zeros((1, len(names)), dtype=np.float32))  # traces the graph now, not on the first live batch
     return apply
-
-
-def _rows(element: Keyed) -> int:
-    return len(element[1].features)
 
 
 class _ApplyFittedScaling(beam.DoFn):
@@ -124,7 +120,7 @@ def ApplyScaling(batches: beam.PCollection, spec: FeatureSpec, artifact_dir: str
     """The fitted artifacts in ``artifact_dir`` applied to batches of up to ``SCALING_ROWS`` rows of a bundle."""
     return (batches
             | "BatchRows" >> beam.BatchElements(min_batch_size=SCALING_ROWS, max_batch_size=SCALING_ROWS,
-                                                element_size_fn=_rows)
+                                                element_size_fn=feature_rows)
             | "ApplyFittedGraph" >> beam.ParDo(_ApplyFittedScaling(artifact_dir, spec.feature_names, artifact_id))
             .with_output_types(tuple[str, FeatureBatch]))
 

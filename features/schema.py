@@ -121,6 +121,12 @@ class FeatureBatch:
         return len(self.events)
 
 
+def feature_rows(element: "tuple[str, FeatureBatch] | FeatureBatch") -> int:
+    """A feature batch's rows (keyed by device or not): its weight when steps gather batches by rows."""
+    batch = element[1] if isinstance(element, tuple) else element
+    return len(batch.features)
+
+
 @dataclasses.dataclass(frozen=True)
 class EventRules:
     """What a valid event is: its sensors, the devices we know (None: any) and limits."""

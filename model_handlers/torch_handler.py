@@ -15,19 +15,13 @@ import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from pydantic import Field
 
-from features.schema import FeatureBatch
+from features.schema import FeatureBatch, feature_rows
 from model_handlers.contract import split_outputs
 from model_handlers.model_version import ModelVersion
 from model_handlers.settings import ModelSettings
 from model_handlers.torch_model import LoadedModel, resolve_device
 
 LOG = logging.getLogger(__name__)
-
-
-def feature_rows(element: tuple[str, FeatureBatch] | FeatureBatch) -> int:
-    """An element's weight in a RunInference batch: its feature rows (keyed or not)."""
-    batch = element[1] if isinstance(element, tuple) else element
-    return len(batch.features)
 
 
 class TorchSettings(ModelSettings):
