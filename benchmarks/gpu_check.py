@@ -10,10 +10,13 @@ written with ``write_model_version``, which needs fitted MLTransform artifacts (
 model; the rows are synthetic, already-scaled features, so no MLTransform runs.
 
 Handlers: for each local handler kind (``model_handlers.kinds.HANDLERS``; today ``torch``) and each batch size in
-``--batch-rows``, the pipeline's own ``RunInference`` over keyed ``FeatureBatch`` elements built in memory, on the
-local runner, timed from its first to its last output batch (steady state: set-up and model load excluded), against
-the raw forward a user would write for the same rows (numpy -> device -> network -> host, in batches of the same
-size). ``handler_vs_raw`` is the ratio of rows per second (goal: at least 0.8). Last output line is JSON.
+``--batch-rows``, against the raw forward a user would write for the same rows (numpy -> device -> network -> host,
+in batches of the same size): the handler's ``load_model`` and ``run_inference`` called directly (``direct``), and
+the pipeline's own ``RunInference`` over keyed ``FeatureBatch`` elements emitted in the same bundle (the rows are
+memory-mapped, never pickled into the pipeline), on the local runner, timed from its first to its last output batch
+(steady state: set-up and model load excluded), once with live-sized elements of 128 rows (RunInference gathers
+them into passes of the batch size) and once with one element per pass. Each ``*_vs_raw`` is the ratio of rows per
+second to the raw forward's (goal: at least 0.8). Last output line is JSON.
 
     python benchmarks/gpu_check.py [--rows 200000] [--batch-rows 1024 4096 16384] [--device cpu]
 """
@@ -44,7 +47,7 @@ from model_handlers.torch_model import LoadedModel, load_network, resolve_device
 from training.train import fit_autoencoder
 
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
-ELEMENT_ROWS = 128  # rows per device batch (element), as a live bundle's device batches are
+LIVE_ELEMENT_ROWS = 128  # rows per device batch (element), as a live bundle's device batches are
 
 SPEC = FeatureSpec(sensors=tuple(f"s{i}" for i in range(8)), window=30)
 HIDDEN = (32, 8)
@@ -95,37 +98,79 @@ class _Stamp(beam.DoFn):
         self._rows.update(len(element[1].example))
 
 
-def _element(index: int, features: np.ndarray) -> tuple[str, FeatureBatch]:
-    rows = features[index * ELEMENT_ROWS:(index + 1) * ELEMENT_ROWS]
+class _FeatureBatches(beam.DoFn):
+    """The saved rows as keyed FeatureBatches of ``element_rows`` rows, memory-mapped in ``setup`` and emitted in the
+    same bundle as RunInference runs: the rows never travel inside the pipeline (a side argument would be pickled into
+    every bundle processor the runner builds, and decoding elements would be timed as if it were inference)."""
+
+    def __init__(self, rows_path: str, element_rows: int):
+        self._rows_path = rows_path
+        self._element_rows = element_rows
+        self._rows = None
+
+    def setup(self) -> None:
+        self._rows = np.load(self._rows_path, mmap_mode="r")
+
+    def process(self, unused_impulse: bytes):
+        size = self._element_rows
+        for start in range(0, len(self._rows) - size + 1, size):
+            batch = _feature_batch(np.ascontiguousarray(self._rows[start:start + size]), f"d{start // size % 50}")
+            yield batch.events.device_id, batch
+
+
+def _feature_batch(rows: np.ndarray, device_id: str = "d0") -> FeatureBatch:
+    """Already-scaled rows as one device's FeatureBatch (the events' own fields are placeholders)."""
     n = len(rows)
-    events = EventBatch(f"d{index % 50}", np.full(n, "e", dtype=object), np.zeros(n), np.zeros((n, 8)), np.zeros(n))
-    return events.device_id, FeatureBatch(events, rows, np.full(n, 30), scaled_by="none")
+    events = EventBatch(device_id, np.full(n, "e", dtype=object), np.zeros(n), np.zeros((n, 8)), np.zeros(n))
+    return FeatureBatch(events, rows, np.full(n, 30), scaled_by="none")
 
 
-def run_inference_rows_per_s(settings, version: ModelVersion, features: np.ndarray) -> float:
-    """The pipeline's RunInference with ``settings``' handler over the rows as keyed FeatureBatches, steady state."""
-    elements = len(features) // ELEMENT_ROWS
+def run_inference_rows_per_s(settings, version: ModelVersion, rows_path: Path, element_rows: int) -> float:
+    """The pipeline's RunInference with ``settings``' handler over the saved rows as keyed FeatureBatches, steady
+    state."""
     with beam.Pipeline(options=PipelineOptions([], runner=LOCAL_RUNNER)) as pipeline:
-        _ = (pipeline | beam.Create(range(elements)) | beam.Map(_element, features)
+        _ = (pipeline | beam.Impulse() | beam.ParDo(_FeatureBatches(str(rows_path), element_rows))
              | RunInference(keyed_handler(settings, version)) | beam.ParDo(_Stamp()))
     found = {d.key.metric.name: d.committed
              for d in pipeline.result.metrics().query(MetricsFilter().with_namespace("gpu_check"))["distributions"]}
-    stamps, rows = found["ms"], found["rows"]
-    return (rows.sum - rows.min) / max((stamps.max - stamps.min) / 1000, 1e-3)
+    stamps, counted = found["ms"], found["rows"]
+    return (counted.sum - counted.min) / max((stamps.max - stamps.min) / 1000, 1e-3)
+
+
+def direct_rows_per_s(handler, features: np.ndarray, batch_rows: int) -> float:
+    """The handler's own ``load_model`` and ``run_inference`` called without Beam, one batch of ``batch_rows``
+    rows per call: what the handler costs beyond the raw forward, apart from what RunInference adds."""
+    model = handler.load_model()
+    batches = [_feature_batch(features[start:start + batch_rows])
+               for start in range(0, len(features), batch_rows)]
+    handler.run_inference(batches[:1], model)
+    started = time.perf_counter()
+    for batch in batches:
+        handler.run_inference([batch], model)
+    return len(features) / (time.perf_counter() - started)
 
 
 def handler_figures(version: ModelVersion, device: str, features: np.ndarray, batch_sizes: list[int]) -> list[dict]:
-    """RunInference per local handler kind and batch size against the raw forward at the same batch size."""
+    """Per local handler kind and batch size: the raw forward, the handler called directly, and RunInference over
+    live-sized device batches and over one device batch per forward pass."""
     figures = []
-    for settings_type in HANDLERS:
+    torch.set_num_threads(1)  # on a CPU, the raw forward gets the one thread the handlers' cpu_threads default to
+    rows_path = version.path.parent / "rows.npy"
+    np.save(rows_path, features)
+    for settings_type, build in HANDLERS.items():
         for batch_rows in batch_sizes:
             settings = settings_type(uri=str(version.path), device=device, min_batch_size=batch_rows,
                                      max_batch_size=batch_rows)
-            handler = run_inference_rows_per_s(settings, version, features)
             raw = raw_rows_per_s(version, resolve_device(device), features, batch_rows)
-            figures.append({"handler": settings.handler, "batch_rows": batch_rows, "run_inference_rows_per_s":
-                            round(handler), "raw_forward_rows_per_s": round(raw),
-                            "handler_vs_raw": round(handler / raw, 3)})
+            figure = {"handler": settings.handler, "batch_rows": batch_rows, "raw_forward_rows_per_s": round(raw)}
+            measured = {"direct": direct_rows_per_s(build(settings, version), features, batch_rows)}
+            for element_rows in dict.fromkeys((LIVE_ELEMENT_ROWS, batch_rows)):
+                measured[f"run_inference_{element_rows}_row_elements"] = run_inference_rows_per_s(
+                    settings, version, rows_path, element_rows)
+            for name, rows_per_s in measured.items():
+                figure[f"{name}_rows_per_s"] = round(rows_per_s)
+                figure[f"{name}_vs_raw"] = round(rows_per_s / raw, 3)
+            figures.append(figure)
     return figures
 
 

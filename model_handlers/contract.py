@@ -61,15 +61,6 @@ class ModelOutput:
         return np.asarray(self.class_names, dtype=object)[self.class_probabilities.argmax(axis=1)]
 
 
-def sensor_shares(feature_contributions: np.ndarray, sensors: Sequence[str], stats: Sequence[str]) -> np.ndarray:
-    """Per-sensor shares of each row's total from per-feature contributions (sensor-major feature order, as
-    ``features.window.feature_names``): each row sums to 1 (rows with no contribution stay 0)."""
-    n = len(feature_contributions)
-    per_sensor = np.abs(feature_contributions).reshape(n, len(sensors), len(stats)).sum(axis=2)
-    totals = per_sensor.sum(axis=1, keepdims=True)
-    return np.divide(per_sensor, totals, out=np.zeros_like(per_sensor), where=totals > 0)
-
-
 def split_outputs(sizes: Sequence[int], output: ModelOutput) -> list[ModelOutput]:
     """One model output for a concatenation of batches, cut back into one output per batch."""
     bounds = np.cumsum([0, *sizes])

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from model_handlers.contract import ModelId, ModelOutput, sensor_shares
+from model_handlers.contract import ModelId, ModelOutput
 from model_handlers.model_version import WEIGHTS, ModelVersion
 from model_handlers.networks import ARCHITECTURES, error_to_score
 
@@ -65,23 +65,36 @@ class LoadedModel:
         self.network = load_network(version, device)
         self.model_id = ModelId(version.name, version.version, version.transform_id)
         spec = version.feature_spec
-        self._sensors, self._stats = spec.sensors, spec.stats
+        self._sensors = spec.sensors
+        # (sensors + 1) x features: row j sums sensor j's features (sensor-major order, as
+        # ``features.window.feature_names``), the last row sums them all
+        per_sensor = torch.kron(torch.eye(len(spec.sensors)), torch.ones(1, len(spec.stats)))
+        self._reducer = torch.cat([per_sensor, torch.ones(1, len(spec.feature_names))]).to(device)
 
-    def squared_errors(self, features: np.ndarray) -> np.ndarray:
-        """Per-feature squared reconstruction error of each row (the forward pass runs padded to ``padded_rows``)."""
-        rows = len(features)
-        padded = np.zeros((padded_rows(rows), features.shape[1]), dtype=np.float32)
-        padded[:rows] = features
+    def error_parts(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's mean squared reconstruction error, and each sensor's share of it (rows with no error: 0).
+
+        Reduced on the model's device, by one matrix product with ``_reducer`` (per-sensor sums and the row total at
+        once, rows as columns: on a CPU, 4x faster than reductions over six-wide groups or a product with rows as
+        rows; one kernel on a GPU), so a GPU sends back ``1 + sensors`` numbers a row rather than the
+        reconstruction. The forward pass runs padded to
+        ``padded_rows``."""
+        rows, width = features.shape
+        if padded_rows(rows) != rows or features.dtype != np.float32 or not features.flags.c_contiguous:
+            padded = np.zeros((padded_rows(rows), width), dtype=np.float32)
+            padded[:rows] = features
+            features = padded
         with torch.inference_mode():
-            x = torch.from_numpy(padded).to(self.device)
-            return ((self.network(x) - x) ** 2)[:rows].cpu().numpy()
+            x = torch.from_numpy(features).to(self.device)
+            sums = self._reducer @ (self.network(x) - x).square_()[:rows].t()
+            total = sums[-1:]
+            parts = torch.cat([total / width, sums[:-1] / total.clamp_min(torch.finfo(torch.float32).tiny)])
+            parts = parts.cpu().numpy()
+        return parts[0], parts[1:].T
 
     def score(self, features: np.ndarray) -> ModelOutput:
         """Raw score = mean squared reconstruction error; contributions = each sensor's share of it."""
-        squared = self.squared_errors(features)
-        errors = squared.mean(axis=1)
-        return ModelOutput(
-            raw_score=errors.astype(np.float64), anomaly_score=error_to_score(errors.astype(np.float64),
-                                                                              self.version.threshold),
-            model=self.model_id, sensor_names=self._sensors,
-            sensor_contributions=sensor_shares(squared, self._sensors, self._stats))
+        errors, shares = self.error_parts(features)
+        errors = errors.astype(np.float64)
+        return ModelOutput(raw_score=errors, anomaly_score=error_to_score(errors, self.version.threshold),
+                           model=self.model_id, sensor_names=self._sensors, sensor_contributions=shares)
