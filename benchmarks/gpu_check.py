@@ -9,7 +9,8 @@ TensorFlow or MLflow): the model version is assembled in memory over the saved w
 written with ``write_model_version``, which needs fitted MLTransform artifacts (TensorFlow) and writes an MLflow
 model; the rows are synthetic, already-scaled features, so no MLTransform runs.
 
-Handlers: for each local handler kind (``model_handlers.kinds.HANDLERS``; today ``torch``) and each batch size in
+Handlers: for each local handler kind that runs on a GPU (``model_handlers.kinds.HANDLERS`` whose settings have a
+``device``; today ``torch``) and each batch size in
 ``--batch-rows``, against the raw forward a user would write for the same rows (numpy -> device -> network -> host,
 in batches of the same size): the handler's ``load_model`` and ``run_inference`` called directly (``direct``), and
 the pipeline's own ``RunInference`` over keyed ``FeatureBatch`` elements emitted in the same bundle (the rows are
@@ -47,6 +48,8 @@ from model_handlers.torch_model import LoadedModel, load_network, resolve_device
 from training.train import fit_autoencoder
 
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+# the local kinds that place a model on a device (their settings have ``device``), the autoencoder's weights in hand
+GPU_KINDS = {kind: build for kind, build in HANDLERS.items() if "device" in kind.model_fields}
 LIVE_ELEMENT_ROWS = 128  # rows per device batch (element), as a live bundle's device batches are
 
 SPEC = FeatureSpec(sensors=tuple(f"s{i}" for i in range(8)), window=30)
@@ -157,7 +160,7 @@ def handler_figures(version: ModelVersion, device: str, features: np.ndarray, ba
     torch.set_num_threads(1)  # on a CPU, the raw forward gets the one thread the handlers' cpu_threads default to
     rows_path = version.path.parent / "rows.npy"
     np.save(rows_path, features)
-    for settings_type, build in HANDLERS.items():
+    for settings_type, build in GPU_KINDS.items():
         for batch_rows in batch_sizes:
             settings = settings_type(uri=str(version.path), device=device, min_batch_size=batch_rows,
                                      max_batch_size=batch_rows)

@@ -74,13 +74,7 @@ class Config(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _default_kinds(cls, data: Any) -> Any:
-        """A ``model`` section without ``handler`` is torch; a ``source`` without ``kind`` is a replay."""
-        if isinstance(data, Mapping):
-            data = dict(data)
-            for section, (discriminator, default) in DEFAULT_KINDS.items():
-                if isinstance(data.get(section), Mapping) and discriminator not in data[section]:
-                    data[section] = {discriminator: default, **data[section]}
-        return data
+        return with_default_kinds(data)
 
     @model_validator(mode="after")
     def _dedup_covers_redelivery(self) -> Config:
@@ -111,6 +105,16 @@ class Config(BaseModel):
     @property
     def tracking_uri(self) -> str:
         return self.model.tracking_uri or f"sqlite:///{(self.work_path / 'mlflow.db').resolve()}"
+
+
+def with_default_kinds(data: Any) -> Any:
+    """A ``model`` section without ``handler`` is torch; a ``source`` without ``kind`` is a replay."""
+    if isinstance(data, Mapping):
+        data = dict(data)
+        for section, (discriminator, default) in DEFAULT_KINDS.items():
+            if isinstance(data.get(section), Mapping) and discriminator not in data[section]:
+                data[section] = {discriminator: default, **data[section]}
+    return data
 
 
 def _kind_union(classes: tuple[type, ...], discriminator: str) -> Any:
@@ -173,7 +177,7 @@ def validate_config(data: Mapping[str, Any]) -> Config:
     try:
         return config_model().model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, data)) from None
+        raise ConfigError(_describe(exc, with_default_kinds(data))) from None
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

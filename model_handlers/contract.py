@@ -61,6 +61,19 @@ class ModelOutput:
         return np.asarray(self.class_names, dtype=object)[self.class_probabilities.argmax(axis=1)]
 
 
+def error_to_score(error, threshold: float):
+    """Map a raw error (non-negative, higher = more anomalous) to an anomaly score in [0, 1): the calibrated threshold
+    maps to 0.5."""
+    return error / (error + threshold)
+
+
+def probability_to_score(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """Map a probability of the anomalous (failure) class to an anomaly score in [0, 1], piecewise linearly: 0 and 1
+    stay, the calibrated threshold maps to 0.5."""
+    p = np.clip(np.asarray(probability, dtype=np.float64), 0.0, 1.0)
+    return np.where(p <= threshold, p / (2 * threshold), 0.5 + (p - threshold) / (2 * (1 - threshold)))
+
+
 def split_outputs(sizes: Sequence[int], output: ModelOutput) -> list[ModelOutput]:
     """One model output for a concatenation of batches, cut back into one output per batch."""
     bounds = np.cumsum([0, *sizes])

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
 
+from model_handlers.mlflow_handler import MlflowSettings, mlflow_handler
 from model_handlers.model_version import ModelVersion
 from model_handlers.settings import ModelSettings
 from model_handlers.torch_handler import TorchSettings, torch_handler
@@ -18,6 +19,7 @@ HandlerFactory = Callable[[ModelSettings, ModelVersion], ModelHandler]
 
 HANDLERS: dict[type[ModelSettings], HandlerFactory] = {
     TorchSettings: torch_handler,
+    MlflowSettings: mlflow_handler,
 }
 
 

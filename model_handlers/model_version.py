@@ -5,7 +5,8 @@
     model.safetensors   network weights (a state_dict; never a pickled Python object), for weight-based kinds
     transform/          the MLTransform artifacts fitted on this version's training features
     MLmodel             an MLflow pyfunc model over the same folder (``model_handlers.pyfunc``): scaled feature
-                        rows in, raw and anomaly scores out, so ``mlflow models serve`` and any MLflow tool load it
+                        rows in, raw and anomaly scores out, so ``mlflow models serve`` and any MLflow tool load it;
+                        for the ``mlflow`` kind, the user's own MLflow model (any flavour) with its files
     manifest.json       the SHA-256 of every other file (``model_handlers.manifest``): a version is opened and
                         loaded only when its files match it, and its ``attributes.json`` is allow-listed
 
@@ -27,6 +28,7 @@ META = "model.json"
 WEIGHTS = "model.safetensors"
 TRANSFORM = "transform"
 PYFUNC_LOADER = "model_handlers.pyfunc"
+MLFLOW_KIND = "mlflow"
 
 
 def transform_fingerprint(transform_dir: Path) -> str:
@@ -97,9 +99,13 @@ class ModelVersion:
 def write_model_version(path: Path, spec: FeatureSpec, architecture: dict[str, Any], threshold: float,
                         metrics: dict[str, float], name: str) -> ModelVersion:
     """Write model.json, the MLmodel file and, last, the manifest into ``path``, which already holds the weights
-    and transform/."""
+    and transform/. An ``architecture`` of kind ``mlflow`` (``model_handlers.mlflow_handler``) is a folder that
+    already is an MLflow model (``mlflow.<flavour>.save_model(..., path)``, with a signature): its MLmodel is kept."""
     if not (path / TRANSFORM).is_dir():
         raise FileNotFoundError(f"{path / TRANSFORM} is missing: fit the MLTransform artifacts first")
+    own_model = architecture.get("kind") == MLFLOW_KIND
+    if own_model and not (path / "MLmodel").is_file():
+        raise FileNotFoundError(f"{path / 'MLmodel'} is missing: save the MLflow model into {path} first")
     meta = {
         "architecture": architecture,
         "feature_spec": spec.model_dump(mode="json"),
@@ -109,7 +115,8 @@ def write_model_version(path: Path, spec: FeatureSpec, architecture: dict[str, A
         "transform_id": transform_fingerprint(path / TRANSFORM),
     }
     (path / META).write_text(json.dumps(meta, indent=2))
-    _write_mlmodel(path, spec)
+    if not own_model:
+        _write_mlmodel(path, spec)
     return ModelVersion(path, meta, write_manifest(path))
 
 

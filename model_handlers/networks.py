@@ -33,8 +33,3 @@ def reconstruction_error(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"autoencoder": Autoencoder}
-
-
-def error_to_score(error, threshold: float):
-    """Map a raw error to an anomaly score in [0, 1): the calibrated threshold maps to 0.5."""
-    return error / (error + threshold)

@@ -18,6 +18,7 @@ from pydantic import Field
 from features.schema import FeatureBatch, feature_rows
 from model_handlers.contract import split_outputs
 from model_handlers.model_version import ModelVersion
+from model_handlers.networks import ARCHITECTURES
 from model_handlers.settings import ModelSettings
 from model_handlers.torch_model import LoadedModel, resolve_device
 
@@ -79,5 +80,9 @@ class TorchAnomalyHandler(ModelHandler[FeatureBatch, PredictionResult, LoadedMod
 
 
 def torch_handler(settings: TorchSettings, version: ModelVersion) -> TorchAnomalyHandler:
+    kind = version.architecture.get("kind")
+    if kind not in ARCHITECTURES:
+        raise ValueError(f"model.handler is 'torch' but {version.path} holds a {kind!r} model (torch serves "
+                         f"{sorted(ARCHITECTURES)}); set model.handler to the kind that serves it")
     return TorchAnomalyHandler(version, settings.device, settings.min_batch_size, settings.max_batch_size,
                                settings.cpu_threads)

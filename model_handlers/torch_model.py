@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from model_handlers.contract import ModelId, ModelOutput
+from model_handlers.contract import ModelId, ModelOutput, error_to_score
 from model_handlers.model_version import WEIGHTS, ModelVersion
-from model_handlers.networks import ARCHITECTURES, error_to_score
+from model_handlers.networks import ARCHITECTURES
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from model_handlers.networks import Autoencoder, error_to_score, reconstruction_error
+from model_handlers.contract import error_to_score
+from model_handlers.networks import Autoencoder, reconstruction_error
 from model_handlers.torch_model import resolve_device
 
 

@@ -18,7 +18,7 @@ from features.tables import timestamps_to_epoch
 from features.window import forward_fill, series_features, window_fill
 from inference_pipeline.results import PredictionBatch
 from inference_pipeline.steps.alerts import DebounceState, debounce
-from model_handlers.networks import error_to_score
+from model_handlers.contract import error_to_score
 from training.datasets import read_time_series
 from training.train import errors_of, fit_autoencoder
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from features.schema import EventBatch, FeatureBatch
-from model_handlers.contract import ModelOutput
-from model_handlers.networks import error_to_score, reconstruction_error
+from model_handlers.contract import ModelOutput, error_to_score
+from model_handlers.networks import reconstruction_error
 from model_handlers.torch_handler import TorchAnomalyHandler
 from model_handlers.torch_model import padded_rows, resolve_device
 
