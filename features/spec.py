@@ -4,11 +4,13 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from features.derived import DerivedReading, derive
 from features.window import STATS, Featurised, WindowState, advance, feature_names
 
 
 class FeatureSpec(BaseModel):
-    """What the model sees: the sensors read from each event and the rolling window summarising them.
+    """What the model sees: the sensors read from each event, the readings derived from them (``derived``), and the
+    rolling window summarising each channel (sensors, then derived readings).
 
     ``max_gap_s``: a longer silence between two events of a device restarts its window (None: never; training
     sets it to ten times the median sampling interval of its data when not configured). ``fill_values``: per sensor,
@@ -23,6 +25,7 @@ class FeatureSpec(BaseModel):
     stats: tuple[str, ...] = STATS
     max_gap_s: float | None = Field(None, gt=0)
     fill_values: tuple[float, ...] | None = None
+    derived: tuple[DerivedReading, ...] = ()
 
     @field_validator("stats")
     @classmethod
@@ -47,23 +50,41 @@ class FeatureSpec(BaseModel):
         return fill
 
     @model_validator(mode="after")
+    def _derived_from_sensors(self) -> "FeatureSpec":
+        names = [reading.name for reading in self.derived]
+        clashing = sorted(set(names) & set(self.sensors)) + sorted({n for n in names if names.count(n) > 1})
+        if clashing:
+            raise ValueError(f"derived readings {clashing} repeat a sensor's or another derived reading's name")
+        unknown = sorted({name for reading in self.derived for name in reading.of} - set(self.sensors))
+        if unknown:
+            raise ValueError(f"derived readings use {unknown}, which are not sensors")
+        return self
+
+    @model_validator(mode="after")
     def _fill_per_sensor(self) -> "FeatureSpec":
         if self.fill_values is not None and len(self.fill_values) != len(self.sensors):
             raise ValueError(f"fill_values has {len(self.fill_values)} values for {len(self.sensors)} sensors")
         return self
 
     @property
+    def channels(self) -> tuple[str, ...]:
+        """What the window summarises: the sensors, then the derived readings."""
+        return self.sensors + tuple(reading.name for reading in self.derived)
+
+    @property
     def feature_names(self) -> list[str]:
-        return feature_names(self.sensors, self.stats)
+        return feature_names(self.channels, self.stats)
 
     def empty_state(self) -> WindowState:
-        return WindowState.empty(len(self.sensors))
+        return WindowState.empty(len(self.channels))
 
     def featurise(self, state: WindowState, ts: np.ndarray, values: np.ndarray) -> Featurised:
-        """A device's next events (in event-time order) -> features, imputed mask and state: the one rule that
-        training and streaming both apply (``features.window.advance``)."""
+        """A device's next events (in event-time order; ``values``: one column per sensor) -> features, imputed mask
+        (per channel) and state: the one rule that training and streaming both apply (``features.derived.derive``,
+        then ``features.window.advance``)."""
         fill = np.zeros(len(self.sensors)) if self.fill_values is None else np.asarray(self.fill_values, np.float64)
-        return advance(state, ts, values, self.window, self.stats, fill, self.max_gap_s)
+        return advance(state, ts, derive(values, self.sensors, self.derived), self.window, self.stats,
+                       derive(fill, self.sensors, self.derived), self.max_gap_s)
 
 
 def scaling_transform(spec: FeatureSpec):

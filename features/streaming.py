@@ -41,7 +41,7 @@ class _WindowFeaturesFn(beam.DoFn):
     def _initial(self, device_id: str) -> WindowState:
         """The persisted window, when it fits this spec (a model swap may change the sensors or the window)."""
         restored = self._restore(device_id) if self._restore is not None else None
-        if restored is None or restored.tail.shape[1] != len(self._spec.sensors):
+        if restored is None or restored.tail.shape[1] != len(self._spec.channels):
             return self._spec.empty_state()
         return WindowState(restored.tail[-(self._spec.window - 1):], restored.newest)
 
@@ -81,7 +81,7 @@ class _WindowFeaturesFn(beam.DoFn):
             self._live -= 1
         features = np.empty((0, len(self._spec.feature_names)), dtype=np.float32)
         return FeatureBatch(batch, features, np.empty(0, dtype=np.int64),
-                            imputed=np.empty((0, len(self._spec.sensors)), dtype=bool), state=state)
+                            imputed=np.empty((0, len(self._spec.channels)), dtype=bool), state=state)
 
 
 class DeviceFeatures(beam.PTransform):

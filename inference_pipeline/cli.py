@@ -73,6 +73,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_defects(args: argparse.Namespace) -> int:
+    from inference_pipeline.jobs.defects import train_defect_classifier
+
+    config = _config(args)
+    run = train_defect_classifier(config, args.data, args.trees, args.promote)
+    registration = run.registration
+    print(f"registered {registration.name} v{registration.version} (run {registration.run_id}); "
+          f"champion: v{registration.champion_version} - {registration.reason}; events to replay: {run.events}")
+    print(json.dumps(run.metrics, indent=2))
+    return 0
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     from inference_pipeline.runtime.run import run_stream
 
@@ -124,6 +136,14 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-data", help="labelled evaluation table (.parquet/.csv, with a label column)")
     train.add_argument("--promote", action="store_true", help="move the champion alias even if not better")
     train.set_defaults(func=cmd_train)
+
+    defects = commands.add_parser("train-defects", help="train, backtest and register the AI4I failure classifier "
+                                                        "(use --config configs/ai4i.yaml)")
+    _common(defects)
+    defects.add_argument("--data", required=True, help="the AI4I 2020 csv or its folder")
+    defects.add_argument("--trees", type=int, default=300, help="trees per random forest")
+    defects.add_argument("--promote", action="store_true", help="move the champion alias even if not better")
+    defects.set_defaults(func=cmd_train_defects)
 
     stream = commands.add_parser("stream", help="run the streaming pipeline on the configured source")
     _common(stream)

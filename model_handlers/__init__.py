@@ -1,1 +1,2 @@
-"""Beam ModelHandlers chosen by config: local torch (CPU/GPU), any MLflow model, remote HTTP endpoint, Vertex AI endpoint."""
+"""Beam ModelHandlers chosen by config: local torch (CPU/GPU), any MLflow model, remote HTTP endpoint, Vertex AI
+endpoint."""

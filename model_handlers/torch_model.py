@@ -65,10 +65,10 @@ class LoadedModel:
         self.network = load_network(version, device)
         self.model_id = ModelId(version.name, version.version, version.transform_id)
         spec = version.feature_spec
-        self._sensors = spec.sensors
-        # (sensors + 1) x features: row j sums sensor j's features (sensor-major order, as
+        self._sensors = spec.channels
+        # (channels + 1) x features: row j sums channel j's features (channel-major order, as
         # ``features.window.feature_names``), the last row sums them all
-        per_sensor = torch.kron(torch.eye(len(spec.sensors)), torch.ones(1, len(spec.stats)))
+        per_sensor = torch.kron(torch.eye(len(spec.channels)), torch.ones(1, len(spec.stats)))
         self._reducer = torch.cat([per_sensor, torch.ones(1, len(spec.feature_names))]).to(device)
 
     def error_parts(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

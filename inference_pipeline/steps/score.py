@@ -31,9 +31,11 @@ def batch_dead_letters(batch: FeatureBatch, detail: str, sensors: tuple[str, ...
 
 
 def imputed_sensors(imputed: np.ndarray | None, sensors: tuple[str, ...]) -> list[list[str] | None] | None:
-    """Per row, the names of the sensors imputed (None for a complete row; None overall when none was)."""
+    """Per row, the names of the sensors imputed (None for a complete row; None overall when none was). The mask
+    has a column per window channel; derived readings (after the sensors) are imputed only with an input."""
     if imputed is None or not imputed.any():
         return None
+    imputed = imputed[:, :len(sensors)]
     return [[sensors[j] for j in np.flatnonzero(row)] if row.any() else None for row in imputed]
 
 
