@@ -39,11 +39,12 @@ _FLOAT_TYPES = {"float": "float32", "double": "float64"}
 
 
 class MlflowSettings(ModelSettings):
-    """``min/max_batch_size``: feature rows (events) per ``predict`` call, gathered from a bundle's device
-    batches."""
+    """``min/max_batch_size``: feature rows (events) per ``predict`` call, gathered from a bundle's device batches
+    (a bundle's last call takes what is left): each call pays MLflow's schema check and the DataFrame, so few large
+    ones."""
 
     handler: Literal["mlflow"] = "mlflow"
-    min_batch_size: int = Field(1, ge=1)
+    min_batch_size: int = Field(4096, ge=1)
     max_batch_size: int = Field(4096, ge=1)
 
 
@@ -158,7 +159,7 @@ def output_map(version: ModelVersion) -> ModelOutputMap:
 class MlflowModelHandler(ModelHandler[FeatureBatch, PredictionResult, Any]):
     """Scores FeatureBatches with a version's MLflow pyfunc model: one ``predict`` per RunInference batch."""
 
-    def __init__(self, version: ModelVersion, min_batch_size: int = 1, max_batch_size: int = 4096):
+    def __init__(self, version: ModelVersion, min_batch_size: int = 4096, max_batch_size: int = 4096):
         super().__init__()
         self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
         self._set_version(version)

@@ -14,6 +14,9 @@ from mlflow.models import infer_signature
 
 from model_handlers.model_version import TRANSFORM, ModelVersion, write_model_version
 
+# given, not inferred: MLflow infers them by loading the model in a subprocess, seconds per model
+REQUIREMENTS = ["scikit-learn", "torch", "pandas"]
+
 
 def scaled_rows(version: ModelVersion, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` rows like scaled features (about N(0, 1)) and ``n`` anomalous ones (a large shift on some features)."""
@@ -37,7 +40,7 @@ def sklearn_classifier(path: Path, base: ModelVersion) -> tuple[ModelVersion, ob
     names = base.feature_spec.feature_names
     x = pd.DataFrame(np.concatenate([normal, anomalous]), columns=names)
     classifier = LogisticRegression(max_iter=500).fit(x, np.repeat(["normal", "anomaly"], len(normal)))
-    mlflow.sklearn.save_model(classifier, str(path), pyfunc_predict_fn="predict_proba",
+    mlflow.sklearn.save_model(classifier, str(path), pyfunc_predict_fn="predict_proba", pip_requirements=REQUIREMENTS,
                               signature=infer_signature(x, classifier.predict_proba(x)))
     classes = [str(c) for c in classifier.classes_]
     return _package(path, base, {"output": "classes", "classes": classes, "normal_class": "normal"}, 0.5,
@@ -59,7 +62,8 @@ def pytorch_probability(path: Path, base: ModelVersion) -> tuple[ModelVersion, t
     network.eval()
     with torch.no_grad():
         signature = infer_signature(normal[:5], network(x[:5]).numpy())
-    mlflow.pytorch.save_model(network, str(path), signature=signature, input_example=normal[:5])
+    mlflow.pytorch.save_model(network, str(path), signature=signature, input_example=normal[:5],
+                              pip_requirements=REQUIREMENTS)
     return _package(path, base, {"output": "probability"}, 0.4, "torch-probability"), network
 
 
@@ -76,6 +80,6 @@ def custom_score(path: Path, base: ModelVersion, columns: list[str] | None = Non
     spec = base.feature_spec
     columns = columns or [name for name in spec.feature_names if name.startswith(spec.sensors[0])][::-1]
     sample = pd.DataFrame(np.ones((3, len(columns)), dtype=np.float32), columns=columns)
-    mlflow.pyfunc.save_model(str(path), python_model=FirstSensorEnergy(),
+    mlflow.pyfunc.save_model(str(path), python_model=FirstSensorEnergy(), pip_requirements=REQUIREMENTS,
                              signature=infer_signature(sample, FirstSensorEnergy().predict(None, sample)))
     return _package(path, base, {"output": "score"}, 4.0, "custom-energy"), columns

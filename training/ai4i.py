@@ -154,6 +154,14 @@ def evaluate(result: Backtest) -> tuple[float, dict[str, float]]:
     return threshold, {key: float(value) for key, value in metrics.items()}
 
 
+def _requirements() -> list[str]:
+    """What the model needs, pinned to what trained it (given rather than inferred: MLflow infers by loading the
+    model in a subprocess)."""
+    import sklearn
+
+    return [f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}", f"numpy=={np.__version__}"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Ai4iRun:
     bundle_dir: Path
@@ -183,8 +191,8 @@ def train_ai4i(data: str | Path, spec: FeatureSpec, work_dir: Path, tracking_uri
     threshold, metrics = evaluate(backtest(x, raw, labels, trees, seed))
     model = fit_classifier(x, labels, trees, seed)
     bundle_dir = work_dir / "bundles" / run_id
-    mlflow.pyfunc.save_model(str(bundle_dir), python_model=model, signature=mlflow.models.infer_signature(
-        x.iloc[:5], model.predict(None, x.iloc[:5])))
+    mlflow.pyfunc.save_model(str(bundle_dir), python_model=model, pip_requirements=_requirements(),
+                             signature=mlflow.models.infer_signature(x.iloc[:5], model.predict(None, x.iloc[:5])))
     shutil.copytree(scratch / TRANSFORM, bundle_dir / TRANSFORM)
     architecture = {"kind": "mlflow", "output": "classes", "classes": list(CLASSES), "normal_class": CLASSES[0]}
     version = write_model_version(bundle_dir, spec, architecture, threshold, metrics, MODEL_NAME)

@@ -82,7 +82,8 @@ def test_a_custom_pyfunc_gets_the_columns_its_signature_names_in_its_order(train
 
 def test_a_model_without_a_signature_fails_at_start(trained, tmp_path):
     path = tmp_path / "v"
-    mlflow.pyfunc.save_model(str(path), python_model=mlflow_flavours.FirstSensorEnergy())
+    mlflow.pyfunc.save_model(str(path), python_model=mlflow_flavours.FirstSensorEnergy(),
+                             pip_requirements=mlflow_flavours.REQUIREMENTS)
     version = mlflow_flavours._package(path, trained.version, {"output": "score"}, 1.0, "unsigned")
     with pytest.raises(ValueError, match="no input signature"):
         keyed_handler(MlflowSettings(uri=str(path)), version)
@@ -100,7 +101,7 @@ def test_a_tensor_signature_of_another_width_fails_at_start(trained, tmp_path):
     path = tmp_path / "v"
     network = torch.nn.Linear(3, 1)
     example = np.zeros((2, 3), dtype=np.float32)
-    mlflow.pytorch.save_model(network, str(path), input_example=example,
+    mlflow.pytorch.save_model(network, str(path), input_example=example, pip_requirements=mlflow_flavours.REQUIREMENTS,
                               signature=infer_signature(example, np.zeros((2, 1), dtype=np.float32)))
     version = mlflow_flavours._package(path, trained.version, {"output": "score"}, 1.0, "narrow")
     with pytest.raises(ValueError, match=f"rows of {len(trained.version.feature_spec.feature_names)} features"):
