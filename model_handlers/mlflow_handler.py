@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from pydantic import Field
 
-from features.schema import FeatureBatch, feature_rows
-from model_handlers.contract import ModelId, ModelOutput, error_to_score, probability_to_score, split_outputs
+from model_handlers.contract import ModelId, ModelOutput, error_to_score, probability_to_score
+from model_handlers.feature_batch_handler import FeatureBatchHandler
 from model_handlers.model_version import MLFLOW_KIND, ModelVersion
 from model_handlers.settings import ModelSettings
 
@@ -156,12 +154,13 @@ def output_map(version: ModelVersion) -> ModelOutputMap:
     return ModelOutputMap(output, version.threshold, classes, normal)
 
 
-class MlflowModelHandler(ModelHandler[FeatureBatch, PredictionResult, Any]):
+class MlflowModelHandler(FeatureBatchHandler):
     """Scores FeatureBatches with a version's MLflow pyfunc model: one ``predict`` per RunInference batch."""
 
+    metrics_namespace = "iotml_mlflow"
+
     def __init__(self, version: ModelVersion, min_batch_size: int = 4096, max_batch_size: int = 4096):
-        super().__init__()
-        self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+        super().__init__(min_batch_size, max_batch_size)
         self._set_version(version)
 
     def _set_version(self, version: ModelVersion) -> None:
@@ -185,22 +184,8 @@ class MlflowModelHandler(ModelHandler[FeatureBatch, PredictionResult, Any]):
         if model_path:
             self._set_version(ModelVersion.open(model_path))
 
-    def run_inference(self, batch: Sequence[FeatureBatch], model: Any,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        features = np.concatenate([b.features for b in batch])
-        output = self._output.of(model.predict(self._input.of(features)), len(features), self._model_id)
-        model_id = str(self._model_id)
-        return [PredictionResult(item, part, model_id)
-                for item, part in zip(batch, split_outputs([len(b) for b in batch], output))]
-
-    def get_num_bytes(self, batch: Sequence[FeatureBatch]) -> int:
-        return sum(b.features.nbytes for b in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return "iotml_mlflow"
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {**self._batching, "element_size_fn": feature_rows}
+    def score(self, features: np.ndarray, model: Any) -> ModelOutput:
+        return self._output.of(model.predict(self._input.of(features)), len(features), self._model_id)
 
 
 def mlflow_handler(settings: MlflowSettings, version: ModelVersion) -> MlflowModelHandler:

@@ -7,16 +7,14 @@ and threshold, and returns the model output contract with per-sensor contributio
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from pydantic import Field
 
-from features.schema import FeatureBatch, feature_rows
-from model_handlers.contract import split_outputs
+from model_handlers.contract import ModelOutput
+from model_handlers.feature_batch_handler import FeatureBatchHandler
 from model_handlers.model_version import ModelVersion
 from model_handlers.networks import ARCHITECTURES
 from model_handlers.settings import ModelSettings
@@ -38,16 +36,17 @@ class TorchSettings(ModelSettings):
     cpu_threads: int = Field(1, ge=1)
 
 
-class TorchAnomalyHandler(ModelHandler[FeatureBatch, PredictionResult, LoadedModel]):
+class TorchAnomalyHandler(FeatureBatchHandler):
     """Scores FeatureBatches with a version's autoencoder: one forward pass per RunInference batch."""
+
+    metrics_namespace = "iotml_torch"
 
     def __init__(self, version: ModelVersion, device: str = "auto", min_batch_size: int = 4096,
                  max_batch_size: int = 4096, cpu_threads: int = 1):
-        super().__init__()
+        super().__init__(min_batch_size, max_batch_size)
         self._version = version
         self._device = device
         self._cpu_threads = cpu_threads
-        self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
     def load_model(self) -> LoadedModel:
         device = resolve_device(self._device)
@@ -61,22 +60,8 @@ class TorchAnomalyHandler(ModelHandler[FeatureBatch, PredictionResult, LoadedMod
         if model_path:
             self._version = ModelVersion.open(model_path)
 
-    def run_inference(
-        self, batch: Sequence[FeatureBatch], model: LoadedModel, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[PredictionResult]:
-        output = model.score(np.concatenate([b.features for b in batch]))
-        model_id = str(model.model_id)
-        return [PredictionResult(item, part, model_id)
-                for item, part in zip(batch, split_outputs([len(b) for b in batch], output))]
-
-    def get_num_bytes(self, batch: Sequence[FeatureBatch]) -> int:
-        return sum(b.features.nbytes for b in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return "iotml_torch"
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {**self._batching, "element_size_fn": feature_rows}
+    def score(self, features: np.ndarray, model: LoadedModel) -> ModelOutput:
+        return model.score(features)
 
 
 def torch_handler(settings: TorchSettings, version: ModelVersion) -> TorchAnomalyHandler:

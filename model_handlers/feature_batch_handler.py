@@ -1,0 +1,43 @@
+"""What every local handler kind shares: FeatureBatches in, one model call over the rows of a whole RunInference
+batch, the output cut back into one ``PredictionResult`` per batch, batching counted in feature rows. A kind says only
+how it scores rows (``score``)."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from features.schema import FeatureBatch, feature_rows
+from model_handlers.contract import ModelOutput, split_outputs
+
+
+class FeatureBatchHandler(ModelHandler[FeatureBatch, PredictionResult, Any]):
+    """``score(features, model)`` -> the output contract for the concatenated rows; ``metrics_namespace``: Beam's
+    metrics namespace of the kind."""
+
+    metrics_namespace = "iotml"
+
+    def __init__(self, min_batch_size: int, max_batch_size: int):
+        super().__init__()
+        self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+
+    def score(self, features: np.ndarray, model: Any) -> ModelOutput:
+        raise NotImplementedError
+
+    def run_inference(self, batch: Sequence[FeatureBatch], model: Any,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        output = self.score(np.concatenate([b.features for b in batch]), model)
+        model_id = str(output.model)
+        return [PredictionResult(item, part, model_id)
+                for item, part in zip(batch, split_outputs([len(b) for b in batch], output))]
+
+    def get_num_bytes(self, batch: Sequence[FeatureBatch]) -> int:
+        return sum(b.features.nbytes for b in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return self.metrics_namespace
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {**self._batching, "element_size_fn": feature_rows}
