@@ -9,14 +9,17 @@ graph MLTransform's read mode would run, is loaded once per worker and called on
 microseconds per row) and the batches go on as they came. The z-score is elementwise, so the result is bit-identical
 to MLTransform's whatever the batching (``tests/features/test_no_skew.py`` proves it against training's write mode).
 
-A scaled batch records which artifacts scaled it (``FeatureBatch.scaled_by``), so a model can refuse features scaled
-for another version.
+A scaled batch records which artifacts scaled it (``FeatureBatch.scaled_by``) and the model version they belong to
+(``scaled_for``), so the batch is scored by that version and a model can refuse features scaled for another. The
+artifacts come from a ``ScalingSource``: fixed ones (``ScalingArtifacts``), or the serving side's current version,
+which may change while a stream runs (a promotion): each call of the graph uses the artifacts current at that call.
 """
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import apache_beam as beam
 import numpy as np
@@ -61,25 +64,52 @@ def load_fitted_scaling(artifact_dir: str | Path, names: Sequence[str]) -> Calla
     return apply
 
 
-class _ApplyFittedScaling(beam.DoFn):
-    """A list of (device_id, FeatureBatch) -> each batch with its features scaled, by one call of the graph."""
+@dataclasses.dataclass(frozen=True)
+class ScalingArtifacts:
+    """Fitted MLTransform artifacts: their folder, their fingerprint and the model version they belong to. Fixed
+    artifacts are their own ``ScalingSource``."""
 
-    def __init__(self, artifact_dir: str | Path, names: Sequence[str], artifact_id: str | None):
-        self._artifact_dir = str(artifact_dir)
+    artifact_dir: str
+    artifact_id: str | None = None
+    owner: str | None = None
+
+    def current(self) -> ScalingArtifacts:
+        return self
+
+
+class ScalingSource(Protocol):
+    """Where the scaling step takes its artifacts from, at each call (picklable: it travels to the workers)."""
+
+    def current(self) -> ScalingArtifacts: ...
+
+
+class _ApplyFittedScaling(beam.DoFn):
+    """A list of (device_id, FeatureBatch) -> each batch with its features scaled, by one call of the graph of the
+    source's current artifacts (each artifacts' graph loaded once per worker)."""
+
+    def __init__(self, source: ScalingSource, names: Sequence[str]):
+        self._source = source
         self._names = tuple(names)
-        self._artifact_id = artifact_id
-        self._scale: Callable[[np.ndarray], np.ndarray] | None = None
+        self._graphs: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+
+    def _graph(self, artifacts: ScalingArtifacts) -> Callable[[np.ndarray], np.ndarray]:
+        graph = self._graphs.get(artifacts.artifact_dir)
+        if graph is None:
+            graph = self._graphs[artifacts.artifact_dir] = load_fitted_scaling(artifacts.artifact_dir, self._names)
+        return graph
 
     def setup(self) -> None:
-        self._scale = load_fitted_scaling(self._artifact_dir, self._names)
+        self._graph(self._source.current())
 
     def process(self, elements: list[Keyed]) -> Iterator[Keyed]:
+        artifacts = self._source.current()
         rows = np.concatenate([batch.features for _, batch in elements])
-        scaled = self._scale(rows) if len(rows) else rows.astype(np.float32)
+        scaled = self._graph(artifacts)(rows) if len(rows) else rows.astype(np.float32)
         start = 0
         for device_id, batch in elements:
             end = start + len(batch.features)
-            yield device_id, dataclasses.replace(batch, features=scaled[start:end], scaled_by=self._artifact_id)
+            yield device_id, dataclasses.replace(batch, features=scaled[start:end], scaled_by=artifacts.artifact_id,
+                                                 scaled_for=artifacts.owner)
             start = end
 
 
@@ -115,24 +145,27 @@ def FitScaling(batches: beam.PCollection, spec: FeatureSpec, artifact_dir: str |
 
 
 @beam.ptransform_fn
-def ApplyScaling(batches: beam.PCollection, spec: FeatureSpec, artifact_dir: str | Path,
-                 artifact_id: str | None = None):
-    """The fitted artifacts in ``artifact_dir`` applied to batches of up to ``SCALING_ROWS`` rows of a bundle."""
+def ApplyScaling(batches: beam.PCollection, spec: FeatureSpec, source: ScalingSource):
+    """The source's fitted artifacts applied to batches of up to ``SCALING_ROWS`` rows of a bundle."""
     return (batches
             | "BatchRows" >> beam.BatchElements(min_batch_size=SCALING_ROWS, max_batch_size=SCALING_ROWS,
                                                 element_size_fn=feature_rows)
-            | "ApplyFittedGraph" >> beam.ParDo(_ApplyFittedScaling(artifact_dir, spec.feature_names, artifact_id))
+            | "ApplyFittedGraph" >> beam.ParDo(_ApplyFittedScaling(source, spec.feature_names))
             .with_output_types(tuple[str, FeatureBatch]))
 
 
 @beam.ptransform_fn
-def ScaleFeatures(batches: beam.PCollection, spec: FeatureSpec, artifact_dir: str | Path, fit: bool = False,
-                  artifact_id: str | None = None):
-    """(device_id, FeatureBatch) -> (device_id, FeatureBatch with z-scored features, ``scaled_by=artifact_id``).
+def ScaleFeatures(batches: beam.PCollection, spec: FeatureSpec, artifacts: str | Path | ScalingSource,
+                  fit: bool = False, artifact_id: str | None = None):
+    """(device_id, FeatureBatch) -> (device_id, FeatureBatch with z-scored features, ``scaled_by`` their
+    fingerprint).
 
-    ``fit=True`` fits and writes the artifacts (``FitScaling``); otherwise they are read from ``artifact_dir`` and
-    applied (``ApplyScaling``).
+    ``fit=True`` fits and writes the artifacts into the folder ``artifacts`` (``FitScaling``); otherwise they are
+    read from the folder ``artifacts`` (fingerprint ``artifact_id``), or from a ``ScalingSource``, and applied
+    (``ApplyScaling``).
     """
     if fit:
-        return batches | "Fit" >> FitScaling(spec, artifact_dir, artifact_id)
-    return batches | "Apply" >> ApplyScaling(spec, artifact_dir, artifact_id)
+        return batches | "Fit" >> FitScaling(spec, artifacts, artifact_id)
+    if isinstance(artifacts, (str, Path)):
+        artifacts = ScalingArtifacts(str(artifacts), artifact_id)
+    return batches | "Apply" >> ApplyScaling(spec, artifacts)

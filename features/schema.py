@@ -116,6 +116,7 @@ class FeatureBatch:
     imputed: np.ndarray | None = None  # (n, n_sensors) bool: the reading was missing and imputed
     state: WindowState | None = None
     late: np.ndarray | None = None  # (n,) bool: older than the device's window, scored without entering it
+    scaled_for: str | None = None  # the model version whose artifacts scaled ``features``: the one to score them
 
     def __len__(self) -> int:
         return len(self.events)

@@ -33,9 +33,9 @@ from inference_pipeline.steps.parse import ParseEvents
 from inference_pipeline.steps.roster import FleetSettings
 from inference_pipeline.steps.score import ScorePredictions, batch_dead_letters
 from inference_pipeline.steps.shard import ShardByDevice
-from model_handlers.kinds import keyed_handler
+from model_handlers.kinds import keyed_handler, served_versions
 from model_handlers.model_version import ModelVersion
-from model_handlers.settings import ModelSettings
+from model_handlers.serving import ServedVersions
 
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
@@ -73,33 +73,32 @@ def _failed_inference(element: tuple[list, tuple], sensors: tuple[str, ...]) -> 
 
 
 class ScoreEvents(beam.PTransform):
-    """list[RawEvent] -> Outputs: everything between a source and the sinks, for one model version.
+    """list[RawEvent] -> Outputs: everything between a source and the sinks, for the versions ``served`` (the one
+    resolved at start, then any the registry alias is promoted to: ``model_handlers.serving``).
 
     ``restore`` (a sink's record, for a live stream on a runner whose state dies with the process) seeds each
     device's dedup, window and alerting state the first time the device is seen."""
 
-    def __init__(self, version: ModelVersion, rules: EventRules, model: ModelSettings, alerting: AlertSettings,
-                 dedup: DedupSettings, fleet: FleetSettings = FleetSettings(), restore: Restore | None = None):
+    def __init__(self, served: ServedVersions, rules: EventRules, alerting: AlertSettings, dedup: DedupSettings,
+                 fleet: FleetSettings = FleetSettings(), restore: Restore | None = None):
         super().__init__()
-        self._version = version
+        self._served = served
         self._rules = rules
-        self._model = model
         self._alerting = alerting
         self._dedup = dedup
         self._fleet = fleet
         self._restore = restore
 
     def expand(self, raws: beam.PCollection) -> Outputs:
-        version, spec, restore = self._version, self._version.feature_spec, self._restore
+        served, spec, restore = self._served, self._served.first.feature_spec, self._restore
         snapshot = restore.snapshot if restore is not None else None
         parsed = raws | "ParseEvents" >> ParseEvents(self._rules, self._fleet)
         unique = parsed.events | "DropDuplicates" >> DropDuplicates(self._dedup.horizon_s,
                                                                     self._dedup.max_ids_per_device, restore)
         features = unique.events | "DeviceFeatures" >> DeviceFeatures(spec, _window_of(snapshot))
-        scaled = features | "ScaleFeatures" >> ScaleFeatures(spec, version.transform_dir,
-                                                                      artifact_id=version.transform_id)
+        scaled = features | "ScaleFeatures" >> ScaleFeatures(spec, served)
         inferred, failed = scaled | "RunInference" >> RunInference(
-            keyed_handler(self._model, version)).with_exception_handling()
+            keyed_handler(served.settings, served)).with_exception_handling()
         scored = inferred | "Score" >> ScorePredictions(self._alerting.threshold, spec)
         results = scored.predictions | "TrackIncidents" >> TrackIncidents(self._alerting, snapshot)
         inference_errors = failed.failed_inferences | "InferenceErrors" >> beam.FlatMap(_failed_inference,
@@ -182,8 +181,9 @@ def create_pipeline(config: Config, version: ModelVersion, rules: EventRules,
     workers = local_workers(options)
     if workers > 1 and not source.live:
         raws = raws | "ShardByDevice" >> ShardByDevice(rules.max_payload_bytes)
-    outputs = raws | "ScoreEvents" >> ScoreEvents(version, rules, config.model, config.alerting, config.dedup,
-                                                  config.devices, restore_from(config, sinks, source.live))
+    served = served_versions(config.model, version, config.tracking_uri, config.work_path / "models")
+    outputs = raws | "ScoreEvents" >> ScoreEvents(served, rules, config.alerting, config.dedup, config.devices,
+                                                  restore_from(config, sinks, source.live))
     write_outputs(outputs, config, sinks)
     report_outputs(outputs)
     return StreamingGraph(pipeline, outputs, source)

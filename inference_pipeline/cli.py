@@ -1,4 +1,4 @@
-"""``iotml``: simulate, train, stream, score and the main job ``run``."""
+"""``iotml``: simulate, train, stream, score, manage registered models and the main job ``run``."""
 from __future__ import annotations
 
 import argparse
@@ -92,6 +92,20 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return run_stream(config)
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from inference_pipeline.jobs import models
+    from inference_pipeline.jobs.main_job import model_name
+
+    config = _config(args)
+    if args.action == "list":
+        print(models.versions_table(config, args.name))
+    elif args.action == "show":
+        print(models.show(config, args.name or model_name(config), args.version))
+    else:
+        print(models.promote(config, args.name, args.version, args.alias))
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from inference_pipeline.jobs.backfill import score_path
 
@@ -149,6 +163,21 @@ def parser() -> argparse.ArgumentParser:
     _common(stream)
     stream.add_argument("--source", help="override source.path (replay file)")
     stream.set_defaults(func=cmd_stream)
+
+    models = commands.add_parser("models", help="registered model versions: list, show, promote")
+    actions = models.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="every registered version with its aliases and metrics")
+    listing.add_argument("name", nargs="?", help="one registered model (default: all)")
+    shown = actions.add_parser("show", help="one version as JSON (default: the config's model at @champion)")
+    shown.add_argument("name", nargs="?")
+    shown.add_argument("version", nargs="?")
+    promoted = actions.add_parser("promote", help="move an alias to a version; streams on that alias follow it")
+    promoted.add_argument("name")
+    promoted.add_argument("version")
+    promoted.add_argument("--alias", default="champion")
+    for action in (listing, shown, promoted):
+        _common(action)
+    models.set_defaults(func=cmd_models)
 
     score = commands.add_parser("score", help="causal backfill scoring of CSV time series (unsupervised)")
     score.add_argument("--input", required=True, help="a CSV file or a folder of CSVs")

@@ -6,16 +6,16 @@ serves it, keyed by device, with no other edit.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
+from apache_beam.ml.inference.base import KeyedModelHandler
 
 from model_handlers.mlflow_handler import MlflowSettings, mlflow_handler
 from model_handlers.model_version import ModelVersion
+from model_handlers.serving import HandlerFactory, ServedVersions
 from model_handlers.settings import ModelSettings
 from model_handlers.torch_handler import TorchSettings, torch_handler
-
-HandlerFactory = Callable[[ModelSettings, ModelVersion], ModelHandler]
+from model_handlers.version_router import VersionRouter
 
 HANDLERS: dict[type[ModelSettings], HandlerFactory] = {
     TorchSettings: torch_handler,
@@ -23,10 +23,19 @@ HANDLERS: dict[type[ModelSettings], HandlerFactory] = {
 }
 
 
-def keyed_handler(settings: ModelSettings, version: ModelVersion) -> KeyedModelHandler:
-    """The handler of ``settings``' kind for ``version``, keyed by device id."""
+def served_versions(settings: ModelSettings, version: ModelVersion, tracking_uri: str | None = None,
+                    cache_dir: str | Path | None = None) -> ServedVersions:
+    """What a stream serves, starting with ``version``, by ``settings``' kind (watching an alias when the settings
+    say so and a registry is given)."""
     try:
         factory = HANDLERS[type(settings)]
     except KeyError:
         raise ValueError(f"model.handler: no handler kind registered for {type(settings).__name__}") from None
-    return KeyedModelHandler(factory(settings, version))
+    return ServedVersions(settings, version, factory, tracking_uri, None if cache_dir is None else str(cache_dir))
+
+
+def keyed_handler(settings: ModelSettings, version: ModelVersion | ServedVersions) -> KeyedModelHandler:
+    """The handler RunInference runs, keyed by device id: each batch scored by its version, by ``settings``' kind
+    (a single version when given one)."""
+    served = version if isinstance(version, ServedVersions) else served_versions(settings, version)
+    return KeyedModelHandler(VersionRouter(served))

@@ -1,6 +1,9 @@
 """Resolve a registry reference (models:/<name>@<alias> or models:/<name>/<version>) to a local model version."""
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,22 +30,53 @@ def without_credentials(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
-def resolve_model_version(uri: str, tracking_uri: str, cache_dir: Path) -> ModelVersion:
-    """Download (once) the version a registry reference points at and open it verified against the manifest digest
-    the registry recorded for it; a version folder is opened verified against its own manifest."""
-    if not uri.startswith("models:/"):
-        return ModelVersion.open(uri)
+def _registry_version(uri: str, tracking_uri: str):
+    """The registry's entry for a models:/ reference; LookupError naming it when there is none."""
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     name, alias, version = parse_model_uri(uri)
     try:
-        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as exc:
         where = without_credentials(tracking_uri)
         detail = exc.message.replace(tracking_uri, where)
         raise LookupError(f"model.uri: {uri} not found in the registry at {where}: {detail}") from None
+
+
+def _download(source: str, tracking_uri: str, target: Path) -> None:
+    """The version's files into ``target``, whole or not at all: downloaded beside it and renamed, so a stream's
+    worker processes resolving the same version at once never open a half-written folder."""
+    import mlflow
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(partial))
+        found = list(partial.iterdir())
+        folder = found[0] if len(found) == 1 and found[0].is_dir() else partial
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        with contextlib.suppress(OSError):  # another process renamed its copy first: theirs is as good
+            folder.rename(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def registry_version(uri: str, tracking_uri: str) -> str:
+    """The version number a models:/ reference names now (one registry query, nothing downloaded)."""
+    return str(_registry_version(uri, tracking_uri).version)
+
+
+def resolve_model_version(uri: str, tracking_uri: str, cache_dir: Path) -> ModelVersion:
+    """Download (once) the version a registry reference points at and open it verified against the manifest digest
+    the registry recorded for it; a version folder is opened verified against its own manifest."""
+    if not uri.startswith("models:/"):
+        return ModelVersion.open(uri)
+    name, _, _ = parse_model_uri(uri)
+    found = _registry_version(uri, tracking_uri)
     expected = found.tags.get(MANIFEST_TAG)
     if not expected:
         raise UntrustedModelError(f"model.uri: {uri} is version {found.version}, which the registry holds no "
@@ -50,12 +84,5 @@ def resolve_model_version(uri: str, tracking_uri: str, cache_dir: Path) -> Model
                                   f"with iotml train)")
     target = cache_dir / name / str(found.version)
     if not (target / "model.json").is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.artifacts.download_artifacts(artifact_uri=found.source, dst_path=str(target))
-        downloaded = [p for p in target.iterdir()]
-        if len(downloaded) == 1 and downloaded[0].is_dir() and not (target / "model.json").exists():
-            for item in downloaded[0].iterdir():
-                item.rename(target / item.name)
-            downloaded[0].rmdir()
+        _download(found.source, tracking_uri, target)
     return ModelVersion.open(target, expected).with_identity(name, str(found.version))

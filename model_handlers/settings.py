@@ -3,19 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ModelSettings(BaseModel):
     """``uri``: ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a model version folder;
-    ``tracking_uri``: the MLflow registry (default: the work dir's). Each handler kind subclasses this with its own
-    ``handler: Literal[...]`` and settings."""
+    ``tracking_uri``: the MLflow registry (default: the work dir's); ``watch_s``: with an alias URI, seconds between
+    checks of the registry for a promotion, served without a restart (0: never; ``model_handlers.serving``). Each
+    handler kind subclasses this with its own ``handler: Literal[...]`` and settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     handler: str
     uri: str = "models:/iot-anomaly@champion"
     tracking_uri: str | None = None
+    watch_s: float = Field(15.0, ge=0)
 
     @field_validator("uri")
     @classmethod

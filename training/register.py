@@ -118,3 +118,63 @@ def register_run(tracking_uri: str, experiment: str, artifact_root: Path, model_
         client.set_registered_model_alias(model_name, CHAMPION, version.version)
     return Registration(model_name, str(version.version), run.info.run_id, moved,
                         str(version.version) if moved else str(current), reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionInfo:
+    """A registered version as ``iotml models`` shows it."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    created: float
+    run_id: str | None
+    source: str
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _info(client: MlflowClient, found, with_run: bool) -> VersionInfo:
+    metrics = client.get_run(found.run_id).data.metrics if with_run and found.run_id else {}
+    return VersionInfo(found.name, str(found.version), tuple(sorted(found.aliases or ())),
+                       found.creation_timestamp / 1000, found.run_id, found.source, dict(metrics), dict(found.tags))
+
+
+def list_versions(tracking_uri: str, name: str | None = None) -> list[VersionInfo]:
+    """Every registered version (of ``name``, or of every model), newest last, with its aliases and run metrics.
+    (A version from a search carries no aliases in MLflow: each is read whole.)"""
+    client = _client(tracking_uri)
+    found = client.search_model_versions(f"name = '{name}'" if name else None)
+    whole = (client.get_model_version(v.name, v.version) for v in found)
+    return sorted((_info(client, v, True) for v in whole), key=lambda v: (v.name, int(v.version)))
+
+
+def show_version(tracking_uri: str, name: str, version: str | None = None) -> VersionInfo:
+    """One version (default: the champion); LookupError naming it when the registry has none."""
+    client = _client(tracking_uri)
+    try:
+        found = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name,
+                                                                                                        CHAMPION)
+    except mlflow.exceptions.MlflowException as exc:
+        raise LookupError(f"{name} {'v' + version if version else '@' + CHAMPION} is not registered: "
+                          f"{exc.message}") from None
+    return _info(client, found, True)
+
+
+def promote_version(tracking_uri: str, name: str, version: str, alias: str = CHAMPION) -> str | None:
+    """Move ``alias`` to ``version`` (which must exist and carry its manifest digest); the version it named before.
+    A stream serving ``models:/<name>@<alias>`` picks the move up (``model_handlers.serving``)."""
+    target = show_version(tracking_uri, name, version)
+    if MANIFEST_TAG not in target.tags:
+        raise LookupError(f"{name} v{version} has no {MANIFEST_TAG} tag: a stream would refuse it")
+    client = _client(tracking_uri)
+    try:
+        previous = str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        previous = None
+    client.set_registered_model_alias(name, alias, version)
+    return previous

@@ -1,4 +1,5 @@
 """The iotml subcommands as a user calls them (in process)."""
+import json
 import logging
 import socket
 import sqlite3
@@ -95,3 +96,24 @@ def test_errors_and_logs_never_show_a_password(monkeypatch, capsys, caplog):
     shown = "\n".join(handler.format(record) for record in caplog.records
                       for handler in logging.getLogger().handlers[:1]) + capsys.readouterr().err
     assert "url-pa55word" not in shown and "env-pa55word" not in shown and "iotml:***@" in shown
+
+
+def test_models_list_show_and_promote(trained, tmp_path, capsys):
+    from tests.registry_versions import register, variant
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register(tracking, tmp_path, "press", trained.version)
+    register(tracking, tmp_path, "press", variant(trained.version, tmp_path / "v2", threshold=1.0))
+    common = ["--work-dir", str(tmp_path / "work"), "--set", f"model.tracking_uri={tracking}",
+              "--set", "model.uri=models:/press@champion"]
+    assert main(["models", "list", *common]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].split()[:4] == ["name", "version", "aliases", "created"] and "eval_f1" in listing[0]
+    assert [line.split()[:3] for line in listing[1:]] == [["press", "1", "champion"], ["press", "2", "-"]]
+    assert main(["models", "promote", "press", "2", *common]) == 0
+    assert "press@champion: v2 (was v1)" in capsys.readouterr().out
+    assert main(["models", "show", *common]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["version"], shown["aliases"], shown["metrics"]["eval_f1"]) == ("2", ["champion"], 0.5)
+    assert main(["models", "promote", "press", "9", *common]) == 2
+    assert "press v9 is not registered" in capsys.readouterr().err

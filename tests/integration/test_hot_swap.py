@@ -1,0 +1,68 @@
+"""Hot swap on the live MQTT stream: `iotml stream` serving models:/swap@champion follows `promote` without a
+restart. A version with another window is refused (logged, the old one kept); a good one is served within seconds,
+its threshold with its weights; nothing is lost or predicted twice, and every prediction names its version."""
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.integration.test_mqtt_live import Stream, fleet_devices, kill, shared_broker, wait_until  # noqa: F401
+from tests.registry_versions import register, variant
+from training.register import promote_version
+
+pytestmark = pytest.mark.services
+
+NAME = "swap"
+WATCH_S = 2
+
+
+def test_a_promotion_mid_stream_is_served_without_a_restart(shared_broker, trained, tmp_path, fleet_devices):
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = trained.version
+    second = variant(first, tmp_path / "v2", threshold=4 * first.threshold)
+    for version in (first, second, variant(first, tmp_path / "v3", window=first.feature_spec.window + 5)):
+        register(tracking, tmp_path, NAME, version)
+    stream = Stream(tmp_path, shared_broker[1], first.path, fleet_devices)
+    stream.overrides.update({"model.uri": f"models:/{NAME}@champion", "model.tracking_uri": tracking,
+                             "model.watch_s": WATCH_S, "work_dir": str(tmp_path / "work")})
+    process, log = stream.start()
+    try:
+        warm = stream.warm_up(process, log)
+        reports = []
+        feeder = threading.Thread(target=lambda: reports.append(stream.publish(rate=500, seconds=16)))
+        feeder.start()
+        time.sleep(2)
+        promote_version(tracking, NAME, "3")
+        wait_until(lambda: f"refused {NAME}/3" in log.read_text(), 30, process, log)
+        promoted_at = time.time()
+        promote_version(tracking, NAME, "2")
+        wait_until(lambda: f"now serving {NAME}/2" in log.read_text(), 60, process, log)
+        feeder.join(60)
+        published = warm.published + reports[0].published
+        totals = stream.drain_when_predicted(process, log, published, settle_s=1)
+    finally:
+        kill(process)
+    with sqlite3.connect(stream.db) as db:
+        rows = db.execute("SELECT device_id, event_time, processing_time, model_version, raw_score, anomaly_score "
+                          "FROM predictions ORDER BY device_id, event_time").fetchall()
+        distinct = db.execute("SELECT COUNT(DISTINCT event_id) FROM predictions").fetchone()[0]
+    versions = [row[3] for row in rows]
+    switched_at = min(row[2] for row in rows if row[3] == "2")
+    print(f"\nhot swap: published {published}, predictions {len(rows)} ({distinct} distinct), v1 {versions.count('1')}"
+          f", v2 {versions.count('2')}, served {switched_at - promoted_at:.1f} s after promote (watch_s {WATCH_S}), "
+          f"dead letters {totals['dead_letters']}, duplicates dropped {totals['duplicates']}")
+    assert len(rows) == distinct == published and totals["dead_letters"] == 0
+    assert set(versions) == {"1", "2"} and versions.count("2") > 500
+    assert switched_at - promoted_at < 60
+    log_text = log.read_text()
+    assert "feature spec differs from the running graph's: window" in log_text and "still serving swap/1" in log_text
+    for device in fleet_devices:  # each device's events: version 1, then version 2, never back
+        sequence = [row[3] for row in rows if row[0] == device]
+        assert sequence == sorted(sequence), device
+    raw, score = np.array([row[4] for row in rows]), np.array([row[5] for row in rows])
+    implied = raw * (1 - score) / score  # anomaly score = raw / (raw + the version's threshold)
+    for version, threshold in (("1", first.threshold), ("2", second.threshold)):
+        mine = (np.array(versions) == version) & (score > 0.01) & (score < 0.99)
+        assert mine.sum() > 100 and np.allclose(implied[mine], threshold, rtol=1e-3), version
