@@ -73,19 +73,20 @@ class ScalingArtifacts:
     artifact_id: str | None = None
     owner: str | None = None
 
-    def current(self) -> ScalingArtifacts:
+    def current(self, device_id: str | None = None) -> ScalingArtifacts:
         return self
 
 
 class ScalingSource(Protocol):
-    """Where the scaling step takes its artifacts from, at each call (picklable: it travels to the workers)."""
+    """Where the scaling step takes a device's artifacts from, at each call (picklable: it travels to the
+    workers)."""
 
-    def current(self) -> ScalingArtifacts: ...
+    def current(self, device_id: str | None = None) -> ScalingArtifacts: ...
 
 
 class _ApplyFittedScaling(beam.DoFn):
-    """A list of (device_id, FeatureBatch) -> each batch with its features scaled, by one call of the graph of the
-    source's current artifacts (each artifacts' graph loaded once per worker)."""
+    """A list of (device_id, FeatureBatch) -> each batch with its features scaled, by one call of the graph per
+    artifacts the source currently gives the batches' devices (each artifacts' graph loaded once per worker)."""
 
     def __init__(self, source: ScalingSource, names: Sequence[str]):
         self._source = source
@@ -102,15 +103,18 @@ class _ApplyFittedScaling(beam.DoFn):
         self._graph(self._source.current())
 
     def process(self, elements: list[Keyed]) -> Iterator[Keyed]:
-        artifacts = self._source.current()
-        rows = np.concatenate([batch.features for _, batch in elements])
-        scaled = self._graph(artifacts)(rows) if len(rows) else rows.astype(np.float32)
-        start = 0
-        for device_id, batch in elements:
-            end = start + len(batch.features)
-            yield device_id, dataclasses.replace(batch, features=scaled[start:end], scaled_by=artifacts.artifact_id,
-                                                 scaled_for=artifacts.owner)
-            start = end
+        parts: dict[ScalingArtifacts, list[Keyed]] = {}
+        for element in elements:
+            parts.setdefault(self._source.current(element[0]), []).append(element)
+        for artifacts, part in parts.items():
+            rows = np.concatenate([batch.features for _, batch in part])
+            scaled = self._graph(artifacts)(rows) if len(rows) else rows.astype(np.float32)
+            start = 0
+            for device_id, batch in part:
+                end = start + len(batch.features)
+                yield device_id, dataclasses.replace(batch, features=scaled[start:end],
+                                                     scaled_by=artifacts.artifact_id, scaled_for=artifacts.owner)
+                start = end
 
 
 def _to_columns(element: Keyed, names: list[str]) -> dict:

@@ -33,9 +33,9 @@ from inference_pipeline.steps.parse import ParseEvents
 from inference_pipeline.steps.roster import FleetSettings
 from inference_pipeline.steps.score import ScorePredictions, batch_dead_letters
 from inference_pipeline.steps.shard import ShardByDevice
-from model_handlers.kinds import keyed_handler, served_versions
+from model_handlers.device_groups import FleetVersions
+from model_handlers.kinds import served_fleet
 from model_handlers.model_version import ModelVersion
-from model_handlers.serving import ServedVersions
 
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
@@ -73,16 +73,17 @@ def _failed_inference(element: tuple[list, tuple], sensors: tuple[str, ...]) -> 
 
 
 class ScoreEvents(beam.PTransform):
-    """list[RawEvent] -> Outputs: everything between a source and the sinks, for the versions ``served`` (the one
-    resolved at start, then any the registry alias is promoted to: ``model_handlers.serving``).
+    """list[RawEvent] -> Outputs: everything between a source and the sinks, for the versions ``models`` serves (per
+    device group: the one resolved at start, then any its registry alias is promoted to; ``model_handlers.serving``,
+    ``model_handlers.device_groups``).
 
     ``restore`` (a sink's record, for a live stream on a runner whose state dies with the process) seeds each
     device's dedup, window and alerting state the first time the device is seen."""
 
-    def __init__(self, served: ServedVersions, rules: EventRules, alerting: AlertSettings, dedup: DedupSettings,
+    def __init__(self, models: FleetVersions, rules: EventRules, alerting: AlertSettings, dedup: DedupSettings,
                  fleet: FleetSettings = FleetSettings(), restore: Restore | None = None):
         super().__init__()
-        self._served = served
+        self._models = models
         self._rules = rules
         self._alerting = alerting
         self._dedup = dedup
@@ -90,15 +91,15 @@ class ScoreEvents(beam.PTransform):
         self._restore = restore
 
     def expand(self, raws: beam.PCollection) -> Outputs:
-        served, spec, restore = self._served, self._served.first.feature_spec, self._restore
+        models, spec, restore = self._models, self._models.default.first.feature_spec, self._restore
         snapshot = restore.snapshot if restore is not None else None
         parsed = raws | "ParseEvents" >> ParseEvents(self._rules, self._fleet)
         unique = parsed.events | "DropDuplicates" >> DropDuplicates(self._dedup.horizon_s,
                                                                     self._dedup.max_ids_per_device, restore)
         features = unique.events | "DeviceFeatures" >> DeviceFeatures(spec, _window_of(snapshot))
-        scaled = features | "ScaleFeatures" >> ScaleFeatures(spec, served)
-        inferred, failed = scaled | "RunInference" >> RunInference(
-            keyed_handler(served.settings, served)).with_exception_handling()
+        scaled = features | "ScaleFeatures" >> ScaleFeatures(spec, models)
+        grouped = scaled | "KeyByModelGroup" >> beam.Map(models.keyed)
+        inferred, failed = grouped | "RunInference" >> RunInference(models.handler()).with_exception_handling()
         scored = inferred | "Score" >> ScorePredictions(self._alerting.threshold, spec)
         results = scored.predictions | "TrackIncidents" >> TrackIncidents(self._alerting, snapshot)
         inference_errors = failed.failed_inferences | "InferenceErrors" >> beam.FlatMap(_failed_inference,
@@ -181,8 +182,8 @@ def create_pipeline(config: Config, version: ModelVersion, rules: EventRules,
     workers = local_workers(options)
     if workers > 1 and not source.live:
         raws = raws | "ShardByDevice" >> ShardByDevice(rules.max_payload_bytes)
-    served = served_versions(config.model, version, config.tracking_uri, config.work_path / "models")
-    outputs = raws | "ScoreEvents" >> ScoreEvents(served, rules, config.alerting, config.dedup, config.devices,
+    models = served_fleet(config.model, version, config.tracking_uri, config.work_path / "models")
+    outputs = raws | "ScoreEvents" >> ScoreEvents(models, rules, config.alerting, config.dedup, config.devices,
                                                   restore_from(config, sinks, source.live))
     write_outputs(outputs, config, sinks)
     report_outputs(outputs)

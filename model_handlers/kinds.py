@@ -10,6 +10,7 @@ from pathlib import Path
 
 from apache_beam.ml.inference.base import KeyedModelHandler
 
+from model_handlers.device_groups import FleetVersions, fleet_versions
 from model_handlers.mlflow_handler import MlflowSettings, mlflow_handler
 from model_handlers.model_version import ModelVersion
 from model_handlers.serving import HandlerFactory, ServedVersions
@@ -23,19 +24,21 @@ HANDLERS: dict[type[ModelSettings], HandlerFactory] = {
 }
 
 
-def served_versions(settings: ModelSettings, version: ModelVersion, tracking_uri: str | None = None,
-                    cache_dir: str | Path | None = None) -> ServedVersions:
-    """What a stream serves, starting with ``version``, by ``settings``' kind (watching an alias when the settings
-    say so and a registry is given)."""
+def handler_factory(settings: ModelSettings) -> HandlerFactory:
+    """The factory of ``settings``' kind; ValueError naming the field when none is registered."""
     try:
-        factory = HANDLERS[type(settings)]
+        return HANDLERS[type(settings)]
     except KeyError:
         raise ValueError(f"model.handler: no handler kind registered for {type(settings).__name__}") from None
-    return ServedVersions(settings, version, factory, tracking_uri, None if cache_dir is None else str(cache_dir))
 
 
-def keyed_handler(settings: ModelSettings, version: ModelVersion | ServedVersions) -> KeyedModelHandler:
-    """The handler RunInference runs, keyed by device id: each batch scored by its version, by ``settings``' kind
-    (a single version when given one)."""
-    served = version if isinstance(version, ServedVersions) else served_versions(settings, version)
-    return KeyedModelHandler(VersionRouter(served))
+def served_fleet(settings: ModelSettings, version: ModelVersion, tracking_uri: str | None = None,
+                 cache_dir: str | Path | None = None) -> FleetVersions:
+    """What a stream serves: ``version`` to the default group, each of ``settings.groups`` its own, by ``settings``'
+    kind (each watching its alias when the settings say so and a registry is given)."""
+    return fleet_versions(settings, version, handler_factory(settings), tracking_uri, cache_dir)
+
+
+def keyed_handler(settings: ModelSettings, version: ModelVersion) -> KeyedModelHandler:
+    """The handler of ``settings``' kind serving ``version`` alone, keyed by device id."""
+    return KeyedModelHandler(VersionRouter(ServedVersions(settings, version, handler_factory(settings))))

@@ -77,8 +77,9 @@ class ServedVersions:
         uri = self.settings.uri
         return bool(self.settings.watch_s) and uri.startswith("models:/") and "@" in uri and bool(self.tracking_uri)
 
-    def current(self) -> ScalingArtifacts:
-        """The current version's MLTransform artifacts, tagged with the version (the scaling step's source)."""
+    def current(self, device_id: str | None = None) -> ScalingArtifacts:
+        """The current version's MLTransform artifacts, tagged with the version (the scaling step's source; every
+        device's)."""
         return _watcher(self).artifacts
 
     def loaded(self, tag: str) -> tuple[ModelHandler, Any]:

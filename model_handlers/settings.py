@@ -1,16 +1,43 @@
-"""What every model handler kind's settings share: which registered version to serve."""
+"""What every model handler kind's settings share: which registered version to serve, and per device group."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+DEFAULT_GROUP = "default"
+
+
+def model_uri(uri: str) -> str:
+    """A registry reference (``models:/<name>@<alias>``, ``models:/<name>/<version>``) or a version folder."""
+    if uri.startswith("models:/"):
+        ref = uri[len("models:/"):]
+        if "@" in ref and all(ref.split("@", 1)) or "/" in ref and all(ref.split("/", 1)):
+            return uri
+        raise ValueError("expected models:/<name>@<alias> or models:/<name>/<version>")
+    if not Path(uri).expanduser().is_dir():
+        raise ValueError(f"not a registry URI (models:/<name>@<alias>) nor a model version folder: {uri}")
+    return uri
+
+
+class DeviceGroup(BaseModel):
+    """``devices``: device ids or glob patterns (``press-b-*``); ``uri``: the model serving them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    devices: tuple[str, ...] = Field(min_length=1)
+    uri: str
+
+    _uri = field_validator("uri")(model_uri)
+
 
 class ModelSettings(BaseModel):
     """``uri``: ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a model version folder;
     ``tracking_uri``: the MLflow registry (default: the work dir's); ``watch_s``: with an alias URI, seconds between
-    checks of the registry for a promotion, served without a restart (0: never; ``model_handlers.serving``). Each
-    handler kind subclasses this with its own ``handler: Literal[...]`` and settings."""
+    checks of the registry for a promotion, served without a restart (0: never; ``model_handlers.serving``);
+    ``groups``: device groups served by their own models (``model_handlers.device_groups``; the rest: ``uri``), at
+    most ``max_models_per_worker_hint`` group models loaded per worker. Each handler kind subclasses this with its
+    own ``handler: Literal[...]`` and settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -18,15 +45,15 @@ class ModelSettings(BaseModel):
     uri: str = "models:/iot-anomaly@champion"
     tracking_uri: str | None = None
     watch_s: float = Field(15.0, ge=0)
+    groups: dict[str, DeviceGroup] = {}
+    max_models_per_worker_hint: int | None = Field(None, ge=1)
 
-    @field_validator("uri")
+    _uri = field_validator("uri")(model_uri)
+
+    @field_validator("groups")
     @classmethod
-    def _registry_uri(cls, uri: str) -> str:
-        if uri.startswith("models:/"):
-            ref = uri[len("models:/"):]
-            if "@" in ref and all(ref.split("@", 1)) or "/" in ref and all(ref.split("/", 1)):
-                return uri
-            raise ValueError("expected models:/<name>@<alias> or models:/<name>/<version>")
-        if not Path(uri).expanduser().is_dir():
-            raise ValueError(f"not a registry URI (models:/<name>@<alias>) nor a model version folder: {uri}")
-        return uri
+    def _not_default(cls, groups: dict[str, DeviceGroup]) -> dict[str, DeviceGroup]:
+        if DEFAULT_GROUP in groups:
+            raise ValueError(f"'{DEFAULT_GROUP}' is the group of every device no other group names: model.uri "
+                             f"serves it")
+        return groups

@@ -82,8 +82,9 @@ class _ScoreFn(beam.DoFn):
         self._sensors = sensors
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator:
-        device_id, result = element
+        result = element[1]
         batch: FeatureBatch = result.example
+        device_id = batch.events.device_id
         output: ModelOutput = result.inference
         if batch.scaled_by != output.model.transform_id:
             detail = (f"model {output.model} expects features scaled by its transform {output.model.transform_id}, "
@@ -95,7 +96,8 @@ class _ScoreFn(beam.DoFn):
 
 
 class ScorePredictions(beam.PTransform):
-    """(device_id, PredictionResult[FeatureBatch, ModelOutput]) -> main: (device_id, PredictionBatch);
+    """(key, PredictionResult[FeatureBatch, ModelOutput]) -> main: (device_id, PredictionBatch), whatever the key
+    inference was routed by (a device or its model group);
     ``dead_letters``: DeadLetter for batches scaled by another version's transform.
 
     ``threshold``: the anomaly score at or above which a prediction is anomalous (0.5: the version's calibrated

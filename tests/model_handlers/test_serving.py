@@ -8,7 +8,7 @@ import pytest
 
 from features.schema import EventBatch, FeatureBatch
 from model_handlers.contract import error_to_score
-from model_handlers.kinds import keyed_handler, served_versions
+from model_handlers.kinds import keyed_handler, served_fleet
 from model_handlers.resolve import resolve_model_version
 from model_handlers.serving import version_tag
 from model_handlers.torch_handler import TorchSettings
@@ -32,7 +32,7 @@ def registry(trained, tmp_path):
         register(tracking, tmp_path, NAME, version)
     settings = TorchSettings(uri=f"models:/{NAME}@champion", tracking_uri=tracking, device="cpu", watch_s=0)
     first = resolve_model_version(settings.uri, tracking, tmp_path / "cache")
-    return tracking, served_versions(settings, first, tracking, tmp_path / "cache")
+    return tracking, served_fleet(settings, first, tracking, tmp_path / "cache").default
 
 
 def batch(served, tag: str, rows: np.ndarray) -> FeatureBatch:
