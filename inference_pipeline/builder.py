@@ -32,6 +32,7 @@ from inference_pipeline.steps.metrics import ReportLiveMetrics
 from inference_pipeline.steps.parse import ParseEvents
 from inference_pipeline.steps.roster import FleetSettings
 from inference_pipeline.steps.score import ScorePredictions, batch_dead_letters
+from inference_pipeline.steps.shadow import ShadowScores
 from inference_pipeline.steps.shard import ShardByDevice
 from model_handlers.device_groups import FleetVersions
 from model_handlers.kinds import served_fleet
@@ -44,7 +45,8 @@ LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 class Outputs:
     """The pipeline's result collections, for sinks and tests.
 
-    ``results``: one ``DeviceResults`` per device batch (predictions, incident updates, the device's state).
+    ``results``: one ``DeviceResults`` per device batch (predictions, incident updates, the device's state);
+    ``shadow``: the challenger's (device_id, PredictionBatch) when ``model.shadow`` is set.
     Dead letters stay in parts by origin (``Parse``, ``Inference``, ``Score``) rather than flattened: the
     local runner materializes a multi-input Flatten, which would hold a live stream's dead letters back until the end.
     """
@@ -52,6 +54,7 @@ class Outputs:
     results: beam.PCollection
     dead_letters: dict[str, beam.PCollection]
     duplicates: beam.PCollection
+    shadow: beam.PCollection | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +108,9 @@ class ScoreEvents(beam.PTransform):
         inference_errors = failed.failed_inferences | "InferenceErrors" >> beam.FlatMap(_failed_inference,
                                                                                           spec.sensors)
         dead = {"Parse": parsed.dead_letters, "Inference": inference_errors, "Score": scored.dead_letters}
-        return Outputs(results, dead, unique.duplicates)
+        shadow = None if models.shadow is None else features | "Shadow" >> ShadowScores(
+            models.shadow, spec, self._alerting.threshold)
+        return Outputs(results, dead, unique.duplicates, shadow)
 
 
 class _WindowOf:
@@ -134,10 +139,13 @@ def restore_from(config: Config, sinks: Mapping[str, Sink], live: bool) -> Resto
 
 def write_outputs(outputs: Outputs, config: Config, sinks: Mapping[str, Sink]) -> None:
     """Each sink writes the result streams its settings name: predictions and alerts together from the device
-    results (one write, so a sink can record them in one transaction), dead letters from each origin."""
+    results (one write, so a sink can record them in one transaction), dead letters from each origin, a
+    challenger's predictions from the shadow."""
     for name, sink in sinks.items():
         streams = config.sinks[name].results
-        device_tables = tuple(TABLES[stream] for stream in streams if stream != "dead_letters")
+        if "shadow_predictions" in streams and outputs.shadow is not None:
+            outputs.shadow | f"WriteShadowPredictionsTo_{name}" >> sink.write((TABLES["shadow_predictions"],))
+        device_tables = tuple(TABLES[stream] for stream in streams if stream in ("predictions", "alerts"))
         if device_tables:
             label = "And".join(table.name.title() for table in device_tables)
             outputs.results | f"Write{label}To_{name}" >> sink.write(device_tables)

@@ -101,8 +101,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(models.versions_table(config, args.name))
     elif args.action == "show":
         print(models.show(config, args.name or model_name(config), args.version))
+    elif args.action == "compare":
+        print(models.compare_versions(config, args.last, args.challenger, args.db, args.plot))
     else:
-        print(models.promote(config, args.name, args.version, args.alias))
+        print(models.promote(config, args.name, args.version, args.alias, args.force, args.db))
     return 0
 
 
@@ -175,7 +177,15 @@ def parser() -> argparse.ArgumentParser:
     promoted.add_argument("name")
     promoted.add_argument("version")
     promoted.add_argument("--alias", default="champion")
-    for action in (listing, shown, promoted):
+    promoted.add_argument("--force", action="store_true", help="skip the model.min_shadow_s rule")
+    compared = actions.add_parser("compare", help="champion vs challenger (model.shadow) over a stream's results: "
+                                                  "agreement, score distributions, alert counts, a plot")
+    compared.add_argument("--last", type=float, default=3600.0, help="seconds of results back from now")
+    compared.add_argument("--challenger", help="<name>/<version> (default: any shadow version)")
+    compared.add_argument("--plot", type=Path, help="PNG path (default <work_dir>/shadow_comparison.png)")
+    for action in (promoted, compared):
+        action.add_argument("--db", type=Path, help="results database (default: the config's SQLite sink)")
+    for action in (listing, shown, promoted, compared):
         _common(action)
     models.set_defaults(func=cmd_models)
 

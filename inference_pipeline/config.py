@@ -82,6 +82,12 @@ class Config(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _shadow_is_recorded(self) -> Config:
+        if self.model.shadow and not any("shadow_predictions" in sink.results for sink in self.sinks.values()):
+            raise ValueError("model.shadow: no sink writes shadow_predictions (add it to a sink's results)")
+        return self
+
+    @model_validator(mode="after")
     def _sinks_can_be_built(self) -> "Config":
         """Sinks that default from the deployment (an MQTT sink sharing the source's broker) fail here, at load."""
         self.build_sinks()

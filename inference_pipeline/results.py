@@ -1,7 +1,8 @@
 """The pipeline's results: their value types and the one schema every sink derives its format from.
 
 Three result streams leave the pipeline: ``predictions`` (one row per event scored), ``alerts`` (one row per
-incident, upserted as it opens and closes) and ``dead_letters`` (one row per rejected event). Predictions and alerts
+incident, upserted as it opens and closes) and ``dead_letters`` (one row per rejected event); with ``model.shadow``, a
+fourth, ``shadow_predictions``, holds a challenger's predictions of the same events. Predictions and alerts
 travel together, per device batch, as ``DeviceResults`` with the device's state after the batch
 (``DeviceSnapshot``), so a sink can record all three in one transaction and a restarted stream resume from it
 (``device_state``). Each is a ``Table`` of
@@ -234,6 +235,9 @@ DEVICE_STATE = Table("device_state", (
     Column("device_id", "text"), Column("state", "text"), Column("updated_at", "real"),
 ), _state_records, key="device_id")
 
-TABLES: dict[str, Table] = {table.name: table for table in (PREDICTIONS, ALERTS, DEAD_LETTERS)}
-ResultStream = Literal["predictions", "alerts", "dead_letters"]
+# A challenger's predictions (``model.shadow``): the same columns, in a table of their own, counted nowhere else.
+SHADOW_PREDICTIONS = dataclasses.replace(PREDICTIONS, name="shadow_predictions")
+
+TABLES: dict[str, Table] = {table.name: table for table in (PREDICTIONS, ALERTS, DEAD_LETTERS, SHADOW_PREDICTIONS)}
+ResultStream = Literal["predictions", "alerts", "dead_letters", "shadow_predictions"]
 

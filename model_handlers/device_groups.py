@@ -54,6 +54,7 @@ class FleetVersions:
     served: Mapping[str, ServedVersions]
     group_of: DeviceGroups
     max_models_per_worker_hint: int | None = None
+    shadow: ServedVersions | None = None
 
     @property
     def default(self) -> ServedVersions:
@@ -90,17 +91,21 @@ class _GroupedHandler(KeyedModelHandler):
 
 def fleet_versions(settings: ModelSettings, default: ModelVersion, factory: HandlerFactory,
                    tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> FleetVersions:
-    """Each group's version resolved (the default group's is ``default``); a group whose version has another
-    feature spec than the default's fails here, naming the group."""
+    """Each group's version resolved (the default group's is ``default``), and the shadow's if any; one whose
+    version has another feature spec than the default's fails here, naming its field."""
     cache = None if cache_dir is None else str(cache_dir)
-    served = {DEFAULT_GROUP: ServedVersions(settings, default, factory, tracking_uri, cache)}
-    for name, group in settings.groups.items():
-        version = resolve_model_version(group.uri, tracking_uri, Path(cache or "."))
+
+    def serve(field: str, uri: str) -> ServedVersions:
+        version = resolve_model_version(uri, tracking_uri, Path(cache or "."))
         differences = spec_differences(default.feature_spec, version.feature_spec)
         if differences:
-            raise ValueError(f"model.groups.{name}: {group.uri} has another feature spec than model.uri's "
-                             f"({'; '.join(differences)}); one stream computes one set of features")
-        group_settings = settings.model_copy(update={"uri": group.uri, "groups": {}})
-        served[name] = ServedVersions(group_settings, version, factory, tracking_uri, cache)
+            raise ValueError(f"{field}: {uri} has another feature spec than model.uri's ({'; '.join(differences)}); "
+                             f"one stream computes one set of features")
+        own = settings.model_copy(update={"uri": uri, "groups": {}, "shadow": None})
+        return ServedVersions(own, version, factory, tracking_uri, cache)
+
+    served = {DEFAULT_GROUP: ServedVersions(settings, default, factory, tracking_uri, cache)}
+    served.update({name: serve(f"model.groups.{name}", group.uri) for name, group in settings.groups.items()})
+    shadow = serve("model.shadow", settings.shadow) if settings.shadow else None
     patterns = tuple((name, group.devices) for name, group in settings.groups.items())
-    return FleetVersions(served, DeviceGroups(patterns), settings.max_models_per_worker_hint)
+    return FleetVersions(served, DeviceGroups(patterns), settings.max_models_per_worker_hint, shadow)

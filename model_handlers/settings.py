@@ -36,8 +36,10 @@ class ModelSettings(BaseModel):
     ``tracking_uri``: the MLflow registry (default: the work dir's); ``watch_s``: with an alias URI, seconds between
     checks of the registry for a promotion, served without a restart (0: never; ``model_handlers.serving``);
     ``groups``: device groups served by their own models (``model_handlers.device_groups``; the rest: ``uri``), at
-    most ``max_models_per_worker_hint`` group models loaded per worker. Each handler kind subclasses this with its
-    own ``handler: Literal[...]`` and settings."""
+    most ``max_models_per_worker_hint`` group models loaded per worker; ``shadow``: a challenger scoring every event
+    beside the champion, recorded but raising no alerts; ``min_shadow_s``: how long a version must have scored in
+    shadow before ``iotml models promote`` moves an alias to it (0: no rule). Each handler kind subclasses this with
+    its own ``handler: Literal[...]`` and settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,8 +49,11 @@ class ModelSettings(BaseModel):
     watch_s: float = Field(15.0, ge=0)
     groups: dict[str, DeviceGroup] = {}
     max_models_per_worker_hint: int | None = Field(None, ge=1)
+    shadow: str | None = None
+    min_shadow_s: float = Field(0.0, ge=0)
 
     _uri = field_validator("uri")(model_uri)
+    _shadow = field_validator("shadow")(lambda uri: None if uri is None else model_uri(uri))
 
     @field_validator("groups")
     @classmethod

@@ -39,7 +39,7 @@ class ConnectorSettings(BaseModel):
 class SinkSettings(ConnectorSettings):
     """``results``: the result streams this sink writes."""
 
-    results: tuple[ResultStream, ...] = ("predictions", "alerts", "dead_letters")
+    results: tuple[ResultStream, ...] = ("predictions", "alerts", "dead_letters", "shadow_predictions")
 
 
 @dataclasses.dataclass(frozen=True)

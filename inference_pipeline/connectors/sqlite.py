@@ -26,7 +26,7 @@ _SQL_TYPES = {"text": "TEXT", "real": "REAL", "integer": "INTEGER", "json": "TEX
 DEFAULT_FILE = "results.db"
 # The column each table ages by (wall-clock seconds), for retention.
 _AGE_COLUMN = {"predictions": "received_at", "dead_letters": "received_at", "alerts": "end_time",
-               "device_state": "updated_at"}
+               "device_state": "updated_at", "shadow_predictions": "received_at"}
 
 
 class RetentionSettings(BaseModel):

@@ -86,9 +86,13 @@ class DebounceState:
 
 def debounce(state: DebounceState, batch: PredictionBatch, open_after: int, close_after: int) -> Iterator[Incident]:
     """Advance the anomaly state over a batch, yielding incidents as they open and close."""
-    flags = batch.is_anomaly.tolist()
-    times = batch.event_time.tolist()
-    scores = batch.anomaly_score.tolist()
+    return debounce_flags(state, batch.device_id, batch.model_name, batch.model_version, batch.is_anomaly.tolist(),
+                          batch.event_time.tolist(), batch.anomaly_score.tolist(), open_after, close_after)
+
+
+def debounce_flags(state: DebounceState, device_id: str, model_name: str, model_version: str, flags: list,
+                   times: list[float], scores: list[float], open_after: int, close_after: int) -> Iterator[Incident]:
+    """``debounce`` over one device's decisions, times and scores in event order (what a results table holds)."""
     for flag, ts, score in zip(flags, times, scores):
         if flag:
             if state.anomalous_run == 0:
@@ -102,8 +106,8 @@ def debounce(state: DebounceState, batch: PredictionBatch, open_after: int, clos
                 state.open.peak_score = max(state.open.peak_score, score)
             elif state.anomalous_run >= open_after:
                 state.open = Incident(
-                    f"{batch.device_id}:{state.run_start:.3f}", batch.device_id, state.run_start, None, state.run_peak,
-                    state.anomalous_run, "open", batch.model_name, batch.model_version,
+                    f"{device_id}:{state.run_start:.3f}", device_id, state.run_start, None, state.run_peak,
+                    state.anomalous_run, "open", model_name, model_version,
                 )
                 yield dataclasses.replace(state.open)
         else:

@@ -25,7 +25,8 @@ def two_lines(trained, tmp_path):
     """Registered models line-a (the trained version) and line-b (its network at four times the threshold)."""
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     register(tracking, tmp_path, "line-a", trained.version)
-    register(tracking, tmp_path, "line-b", variant(trained.version, tmp_path / "b", threshold=4 * trained.version.threshold))
+    line_b = variant(trained.version, tmp_path / "b", threshold=4 * trained.version.threshold)
+    register(tracking, tmp_path, "line-b", line_b)
     return tracking
 
 
