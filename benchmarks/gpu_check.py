@@ -161,6 +161,11 @@ def handler_figures(version: ModelVersion, device: str, features: np.ndarray, ba
     rows_path = version.path.parent / "rows.npy"
     np.save(rows_path, features)
     for settings_type, build in GPU_KINDS.items():
+        try:
+            build(settings_type(uri=str(version.path)), version)
+        except ValueError as refused:  # a kind serving other models (the forecaster needs lagged features)
+            figures.append({"handler": settings_type.model_fields["handler"].default, "skipped": str(refused)})
+            continue
         for batch_rows in batch_sizes:
             settings = settings_type(uri=str(version.path), device=device, min_batch_size=batch_rows,
                                      max_batch_size=batch_rows)

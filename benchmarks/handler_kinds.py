@@ -4,7 +4,9 @@ each serving a model over the same feature spec and MLTransform artifacts:
 - ``torch``: the autoencoder (``replay_throughput.train_version``, trained the normal way);
 - ``mlflow``: a scikit-learn logistic regression (normal vs shifted rows) saved with MLflow as ``predict_proba`` and
   packaged over the autoencoder's transform (``tests/mlflow_flavours.sklearn_classifier``, the flavour the tests
-  serve).
+  serve);
+- ``transformers``: the PatchTST forecaster over 16 lagged readings per sensor (its own feature spec and transform),
+  trained the same way.
 
 Steady-state events per second as ``replay_throughput.py`` measures them (first to last prediction batch), one
 worker, median of ``--runs``. Last output line is JSON: ``{"events": N, "torch_eps": x, "mlflow_eps": y, ...}``.
@@ -31,6 +33,9 @@ from replay_throughput import run_pipeline, train_version, write_events  # noqa:
 from tests.mlflow_flavours import sklearn_classifier  # noqa: E402
 
 
+TRANSFORMER = {"training.model": "patchtst", "features.lags": 16, "model.handler": "transformers"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -42,7 +47,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         torch_version = train_version(work / "train")
-        versions = {"torch": torch_version, "mlflow": sklearn_classifier(work / "mlflow", torch_version)[0]}
+        versions = {"torch": torch_version, "mlflow": sklearn_classifier(work / "mlflow", torch_version)[0],
+                    "transformers": train_version(work / "transformer", TRANSFORMER)}
         missing = {settings.model_fields["handler"].default for settings in HANDLERS} - set(versions)
         if missing:
             raise SystemExit(f"no benchmark model for handler kinds {sorted(missing)}")

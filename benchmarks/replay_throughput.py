@@ -72,14 +72,15 @@ DEVICES = 50
 BENCH = "bench"
 
 
-def train_version(work: Path) -> ModelVersion:
-    """A small model trained and registered the normal way (the benchmark needs a real model version)."""
+def train_version(work: Path, overrides: dict | None = None) -> ModelVersion:
+    """A small model trained and registered the normal way (the benchmark needs a real model version); config
+    ``overrides`` choose another model (``training.model``)."""
     from inference_pipeline.jobs.main_job import simulate_datasets
     from training.workflow import train_and_register
 
     config = load_config(overrides={"work_dir": str(work), "simulation.devices": DEVICES,
                                     "simulation.train_duration_s": 600, "simulation.duration_s": 300,
-                                    "training.epochs": 3})
+                                    "training.epochs": 3, **(overrides or {})})
     data = simulate_datasets(config)
     run = train_and_register(data.train, data.eval, config.features, config.training, work, config.tracking_uri,
                              "bench", pipeline_options(config), progress=False)

@@ -5,7 +5,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from features.derived import DerivedReading, derive
-from features.window import STATS, Featurised, WindowState, advance, feature_names
+from features.window import STATS, Featurised, WindowState, advance, feature_names, lag_names
 
 
 class FeatureSpec(BaseModel):
@@ -15,7 +15,8 @@ class FeatureSpec(BaseModel):
     ``max_gap_s``: a longer silence between two events of a device restarts its window (None: never; training
     sets it to ten times the median sampling interval of its data when not configured). ``fill_values``: per sensor,
     what a missing reading is imputed with before the device has reported that sensor (training sets the sensor's
-    median; None: 0).
+    median; None: 0). ``lags``: also the newest ``lags`` readings of each channel as features (``<channel>__lag<k>``,
+    k steps back), for sequence models.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -26,6 +27,7 @@ class FeatureSpec(BaseModel):
     max_gap_s: float | None = Field(None, gt=0)
     fill_values: tuple[float, ...] | None = None
     derived: tuple[DerivedReading, ...] = ()
+    lags: int = Field(0, ge=0)
 
     @field_validator("stats")
     @classmethod
@@ -61,6 +63,12 @@ class FeatureSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _lags_in_window(self) -> "FeatureSpec":
+        if self.lags > self.window:
+            raise ValueError(f"lags ({self.lags}) cannot exceed the window ({self.window})")
+        return self
+
+    @model_validator(mode="after")
     def _fill_per_sensor(self) -> "FeatureSpec":
         if self.fill_values is not None and len(self.fill_values) != len(self.sensors):
             raise ValueError(f"fill_values has {len(self.fill_values)} values for {len(self.sensors)} sensors")
@@ -72,8 +80,13 @@ class FeatureSpec(BaseModel):
         return self.sensors + tuple(reading.name for reading in self.derived)
 
     @property
+    def summaries(self) -> tuple[str, ...]:
+        """Per channel, in order: the statistics, then the lagged readings (``lag0`` .. ``lag<lags-1>``)."""
+        return self.stats + lag_names(self.lags)
+
+    @property
     def feature_names(self) -> list[str]:
-        return feature_names(self.channels, self.stats)
+        return feature_names(self.channels, self.summaries)
 
     def empty_state(self) -> WindowState:
         return WindowState.empty(len(self.channels))
@@ -83,7 +96,7 @@ class FeatureSpec(BaseModel):
         (per channel) and state: the one rule that training and streaming both apply (``features.derived.derive``,
         then ``features.window.advance``)."""
         fill = np.zeros(len(self.sensors)) if self.fill_values is None else np.asarray(self.fill_values, np.float64)
-        return advance(state, ts, derive(values, self.sensors, self.derived), self.window, self.stats,
+        return advance(state, ts, derive(values, self.sensors, self.derived), self.window, self.summaries,
                        derive(fill, self.sensors, self.derived), self.max_gap_s)
 
 

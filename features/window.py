@@ -17,6 +17,12 @@ from collections.abc import Sequence
 import numpy as np
 
 STATS: tuple[str, ...] = ("last", "mean", "std", "min", "max", "slope")
+LAG = "lag"  # ``lag<k>``: the reading k steps back in the window (lag0 is the event's own), for sequence models
+
+
+def lag_names(lags: int) -> tuple[str, ...]:
+    """The summaries holding the newest ``lags`` readings: ``lag0`` (the event's own) .. ``lag<lags-1>``."""
+    return tuple(f"{LAG}{k}" for k in range(lags))
 
 
 def feature_names(sensors: tuple[str, ...] | list[str], stats: tuple[str, ...] = STATS) -> list[str]:
@@ -34,7 +40,8 @@ def pad_history(history: np.ndarray, window: int, n_sensors: int) -> np.ndarray:
 def window_features(history: np.ndarray, rows: np.ndarray, window: int, stats: tuple[str, ...] = STATS) -> np.ndarray:
     """Features for each of ``rows`` (n, S) given the device's earlier readings ``history`` (h, S), h may be 0.
 
-    Returns (n, S * len(stats)) float32 in ``feature_names`` order.
+    Returns (n, S * len(stats)) float32 in ``feature_names`` order. A ``lag<k>`` stat is the reading k steps back;
+    before the window holds it (warming up), the window's mean stands in.
     """
     n, n_sensors = rows.shape
     series = np.concatenate([pad_history(history, window, n_sensors), rows.astype(np.float64)])
@@ -57,6 +64,10 @@ def window_features(history: np.ndarray, rows: np.ndarray, window: int, stats: t
         t_centred = np.where(present, t - t_mean[..., None], 0.0)
         t_var = (t_centred * t_centred).sum(axis=2)
         out["slope"] = np.divide((t_centred * centred).sum(axis=2), t_var, out=np.zeros_like(t_var), where=t_var > 0)
+    for stat in stats:
+        if stat.startswith(LAG):
+            back = windows[..., window - 1 - int(stat[len(LAG):])]
+            out[stat] = np.where(np.isnan(back), mean, back)
     return np.stack([out[stat] for stat in stats], axis=2).reshape(n, n_sensors * len(stats)).astype(np.float32)
 
 

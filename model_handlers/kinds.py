@@ -16,11 +16,13 @@ from model_handlers.model_version import ModelVersion
 from model_handlers.serving import HandlerFactory, ServedVersions
 from model_handlers.settings import ModelSettings
 from model_handlers.torch_handler import TorchSettings, torch_handler
+from model_handlers.transformers_handler import TransformersSettings, transformers_handler
 from model_handlers.version_router import VersionRouter
 
 HANDLERS: dict[type[ModelSettings], HandlerFactory] = {
     TorchSettings: torch_handler,
     MlflowSettings: mlflow_handler,
+    TransformersSettings: transformers_handler,
 }
 
 

@@ -42,7 +42,7 @@ from model_handlers.settings import ModelSettings
 LOG = logging.getLogger(__name__)
 
 MAX_LOADED = 3  # versions kept loaded per worker process: the current one and the latest it replaced
-STRUCTURE = ("sensors", "derived", "window", "stats")  # what the running graph's window step was built for
+STRUCTURE = ("sensors", "derived", "window", "stats", "lags")  # what the running graph's window step was built for
 
 HandlerFactory = Callable[[ModelSettings, ModelVersion], ModelHandler]
 

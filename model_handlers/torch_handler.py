@@ -37,7 +37,7 @@ class TorchSettings(ModelSettings):
 
 
 class TorchAnomalyHandler(FeatureBatchHandler):
-    """Scores FeatureBatches with a version's autoencoder: one forward pass per RunInference batch."""
+    """Scores FeatureBatches with a version's network: one forward pass per RunInference batch."""
 
     metrics_namespace = "iotml_torch"
 

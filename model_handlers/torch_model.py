@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from model_handlers import forecaster
 from model_handlers.contract import ModelId, ModelOutput, error_to_score
 from model_handlers.model_version import WEIGHTS, ModelVersion
 from model_handlers.networks import ARCHITECTURES
@@ -45,10 +46,12 @@ def save_network(network: torch.nn.Module, path: Path) -> None:
 
 def load_network(version: ModelVersion, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The version's network, built from its ``architecture`` and loaded with its weights once the version's files
-    are verified unchanged since it was opened."""
-    version.verify()
+    are verified unchanged since it was opened (a Hugging Face forecaster from its own folder)."""
     architecture: dict[str, Any] = version.architecture
     kind = architecture.pop("kind")
+    if kind == forecaster.KIND:
+        return forecaster.load_forecaster(version, device)
+    version.verify()
     if kind not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {kind!r} in {version.path}; known: {sorted(ARCHITECTURES)}")
     network = ARCHITECTURES[kind](**architecture)
@@ -57,7 +60,8 @@ def load_network(version: ModelVersion, device: torch.device | str = "cpu") -> t
 
 
 class LoadedModel:
-    """A version's autoencoder on its device: scaled feature rows in, the model output contract out."""
+    """A version's network (the autoencoder, or a forecaster whose "reconstruction" is its forecast) on its device:
+    scaled feature rows in, the model output contract out."""
 
     def __init__(self, version: ModelVersion, device: torch.device):
         self.version = version
@@ -68,7 +72,7 @@ class LoadedModel:
         self._sensors = spec.channels
         # (channels + 1) x features: row j sums channel j's features (channel-major order, as
         # ``features.window.feature_names``), the last row sums them all
-        per_sensor = torch.kron(torch.eye(len(spec.channels)), torch.ones(1, len(spec.stats)))
+        per_sensor = torch.kron(torch.eye(len(spec.channels)), torch.ones(1, len(spec.summaries)))
         self._reducer = torch.cat([per_sensor, torch.ones(1, len(spec.feature_names))]).to(device)
 
     def error_parts(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,12 +20,30 @@ class SimulationSettings(BaseModel):
     seed: int = 7
 
 
-class TrainingSettings(BaseModel):
-    """Autoencoder training and threshold calibration."""
+class PatchTstSettings(BaseModel):
+    """The PatchTST forecaster's size (``transformers.PatchTSTConfig`` fields): patches of ``patch_length``
+    readings every ``patch_stride``, a ``d_model``-wide encoder of ``num_hidden_layers`` layers."""
 
     model_config = ConfigDict(extra="forbid")
 
+    patch_length: int = Field(4, ge=1)
+    patch_stride: int = Field(4, ge=1)
+    d_model: int = Field(32, ge=4)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    ffn_dim: int = Field(64, ge=4)
+
+
+class TrainingSettings(BaseModel):
+    """Training and threshold calibration. ``model``: ``autoencoder`` (over the window features; ``hidden``) or
+    ``patchtst`` (a transformer forecasting each reading from the ``features.lags`` before it; ``patchtst``,
+    served by ``model.handler: transformers``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Literal["autoencoder", "patchtst"] = "autoencoder"
     hidden: tuple[int, ...] = (32, 8)
+    patchtst: PatchTstSettings = PatchTstSettings()
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=8)
     learning_rate: float = Field(1e-3, gt=0)

@@ -1,10 +1,12 @@
-"""Train the autoencoder on normal-operation features and calibrate its threshold on held-out normal data."""
+"""Train an anomaly network (the autoencoder, or the transformer forecaster) on normal-operation features and calibrate
+its threshold on held-out normal data."""
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from model_handlers.contract import error_to_score
@@ -14,7 +16,7 @@ from model_handlers.torch_model import resolve_device
 
 @dataclasses.dataclass
 class FitResult:
-    network: Autoencoder
+    network: nn.Module
     threshold: float
     train_loss: list[float]
     holdout_errors: np.ndarray
@@ -30,7 +32,7 @@ def split_holdout(per_device: list[np.ndarray], fraction: float) -> tuple[np.nda
     return np.concatenate(train), np.concatenate(holdout)
 
 
-def errors_of(network: Autoencoder, features: np.ndarray, device: torch.device, chunk: int = 65536) -> np.ndarray:
+def errors_of(network: nn.Module, features: np.ndarray, device: torch.device, chunk: int = 65536) -> np.ndarray:
     network.eval()
     out = []
     with torch.inference_mode():
@@ -43,10 +45,19 @@ def errors_of(network: Autoencoder, features: np.ndarray, device: torch.device, 
 def fit_autoencoder(train: np.ndarray, holdout: np.ndarray, hidden: tuple[int, ...], epochs: int, batch_size: int,
                     learning_rate: float, threshold_quantile: float, threshold_margin: float, seed: int = 0,
                     device: str = "auto", progress: bool = True) -> FitResult:
-    """Fit on ``train``; the threshold is the holdout error quantile times a margin."""
+    """A new autoencoder fitted by ``fit_network``."""
     torch.manual_seed(seed)
+    return fit_network(Autoencoder(train.shape[1], hidden), train, holdout, epochs, batch_size, learning_rate,
+                       threshold_quantile, threshold_margin, seed, device, progress)
+
+
+def fit_network(network: nn.Module, train: np.ndarray, holdout: np.ndarray, epochs: int, batch_size: int,
+                learning_rate: float, threshold_quantile: float, threshold_margin: float, seed: int = 0,
+                device: str = "auto", progress: bool = True) -> FitResult:
+    """Fit ``network`` (feature rows -> their reconstruction or forecast) on ``train`` to the mean squared error;
+    the threshold is the holdout error quantile times a margin."""
     target = resolve_device(device)
-    network = Autoencoder(train.shape[1], hidden).to(target)
+    network = network.to(target)
     optimiser = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-5)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
     data = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)).to(target)

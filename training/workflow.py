@@ -4,18 +4,25 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from apache_beam.options.pipeline_options import PipelineOptions
+from torch import nn
 
 from features.spec import FeatureSpec
+from model_handlers import forecaster
 from model_handlers.model_version import TRANSFORM, write_model_version
+from model_handlers.networks import Autoencoder
 from model_handlers.torch_model import save_network
 from training.feature_pipeline import fitted_spec, run_feature_pipeline
 from training.register import Registration, check_tracking_server, register_run
+from training.settings import TrainingSettings
 from training.simulate import read_frame
-from training.train import detection_metrics, errors_of, fit_autoencoder, split_holdout
+from training.train import detection_metrics, errors_of, fit_network, split_holdout
 
 EVAL_METRIC = "eval_f1"
 
@@ -47,21 +54,32 @@ def _plots(out_dir: Path, losses: list[float], holdout: np.ndarray, eval_errors:
     return [path]
 
 
-def train_and_register(train_table: Path, eval_table: Path, spec: FeatureSpec, training, work_dir: Path,
+def _new_network(spec: FeatureSpec, training: TrainingSettings) -> tuple[nn.Module, dict[str, Any], Callable]:
+    """``training.model``'s new network (seeded), the architecture the version records, and how it is saved."""
+    torch.manual_seed(training.seed)
+    if training.model == forecaster.KIND:
+        network = forecaster.build_forecaster(spec, training.patchtst.model_dump())
+        return network, {"kind": forecaster.KIND, "lags": spec.lags}, forecaster.save_forecaster
+    architecture = {"kind": "autoencoder", "input_dim": len(spec.feature_names), "hidden": list(training.hidden)}
+    return Autoencoder(len(spec.feature_names), training.hidden), architecture, save_network
+
+
+def train_and_register(train_table: Path, eval_table: Path, spec: FeatureSpec, training: TrainingSettings,
+                       work_dir: Path,
                        tracking_uri: str, model_name: str, options: PipelineOptions, promote: bool = False,
                        progress: bool = True) -> TrainingRun:
-    """Fit MLTransform and the autoencoder on ``train_table`` (normal data), score ``eval_table`` (labelled)."""
+    """Fit MLTransform and ``training.model`` on ``train_table`` (normal data), score ``eval_table`` (labelled)."""
     check_tracking_server(tracking_uri)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     spec = fitted_spec(read_frame(train_table), spec)
+    network, architecture, save = _new_network(spec, training)  # before any work: a bad model config fails here
     bundle_dir = work_dir / "bundles" / run_id
     scratch = work_dir / "features" / run_id
     train_shards = run_feature_pipeline(train_table, spec, bundle_dir / TRANSFORM, scratch / "train", True, options)
     train, holdout = split_holdout([shard.features[shard.full_windows(spec.window)] for shard in train_shards],
                                    training.holdout_fraction)
-    fit = fit_autoencoder(train, holdout, training.hidden, training.epochs, training.batch_size,
-                          training.learning_rate, training.threshold_quantile, training.threshold_margin,
-                          training.seed, training.device, progress)
+    fit = fit_network(network, train, holdout, training.epochs, training.batch_size, training.learning_rate,
+                      training.threshold_quantile, training.threshold_margin, training.seed, training.device, progress)
     eval_shards = run_feature_pipeline(eval_table, spec, bundle_dir / TRANSFORM, scratch / "eval", False, options)
     labels_by_id = read_frame(eval_table).set_index("event_id")["label"]
     event_ids = np.concatenate([shard.event_ids[shard.full_windows(spec.window)] for shard in eval_shards])
@@ -73,11 +91,11 @@ def train_and_register(train_table: Path, eval_table: Path, spec: FeatureSpec, t
     metrics = {f"eval_{key}": value for key, value in detection_metrics(errors, labels, fit.threshold).items()}
     metrics.update(final_train_loss=fit.train_loss[-1], threshold=fit.threshold, train_rows=float(len(train)),
                    holdout_rows=float(len(holdout)), eval_rows=float(len(errors)))
-    save_network(fit.network, bundle_dir)
-    architecture = {"kind": "autoencoder", "input_dim": len(spec.feature_names), "hidden": list(training.hidden)}
+    save(fit.network, bundle_dir)
     version = write_model_version(bundle_dir, spec, architecture, fit.threshold, metrics, model_name)
     params = {**training.model_dump(), "sensors": ",".join(spec.sensors), "window": spec.window,
-              "stats": ",".join(spec.stats), "train_table": str(train_table), "eval_table": str(eval_table)}
+              "stats": ",".join(spec.stats), "lags": spec.lags, "train_table": str(train_table),
+              "eval_table": str(eval_table)}
     registration = register_run(tracking_uri, training.experiment, work_dir / "mlartifacts", model_name, version.path,
                                 params, metrics, _plots(scratch, fit.train_loss, fit.holdout_errors, errors, labels,
                                                         fit.threshold), EVAL_METRIC, promote)

@@ -19,7 +19,7 @@ from inference_pipeline.steps.parse import ParseEvents
 from training.feature_pipeline import batch_features, device_batches, run_feature_pipeline
 from training.simulate import SENSORS, iter_payloads, simulate_fleet, write_frame
 
-SPEC = FeatureSpec(sensors=SENSORS, window=12, max_gap_s=60.0, fill_values=tuple(range(len(SENSORS))))
+SPEC = FeatureSpec(sensors=SENSORS, window=12, max_gap_s=60.0, fill_values=tuple(range(len(SENSORS))), lags=5)
 
 
 def _streaming_features(frame, transform_dir, batch_sizes, out_dir):

@@ -41,3 +41,12 @@ def test_feature_names_are_sensor_major():
 def test_window_fill_counts_readings_up_to_the_window():
     assert window_fill(0, 4, 3).tolist() == [1, 2, 3, 3]
     assert window_fill(5, 2, 3).tolist() == [3, 3]
+
+
+def test_lags_are_the_readings_k_steps_back_and_the_window_mean_before_it_holds_them():
+    values = np.array([[1.0], [2.0], [4.0], [8.0]])
+    features = series_features(values, window=3, stats=("mean", "lag0", "lag2"))
+    assert features[:, 1].tolist() == [1.0, 2.0, 4.0, 8.0]  # lag0: the event's own reading
+    assert features[2:, 2].tolist() == [1.0, 2.0]  # lag2: two readings back
+    assert features[:2, 2].tolist() == [1.0, 1.5]  # not in the window yet: its mean
+    assert feature_names(["a"], ("mean", "lag0")) == ["a__mean", "a__lag0"]

@@ -12,10 +12,11 @@ from tests import mlflow_flavours
 from tests.conftest import REPO
 from training.simulate import iter_payloads, simulate_fleet
 
-# a version each local kind serves; a new kind adds its own here
+# a version each local kind serves (from the test's fixtures); a new kind adds its own here
 VERSIONS = {
-    "torch": lambda trained, path: trained.version,
-    "mlflow": lambda trained, path: mlflow_flavours.sklearn_classifier(path, trained.version)[0],
+    "torch": lambda fixture, path: fixture("trained").version,
+    "mlflow": lambda fixture, path: mlflow_flavours.sklearn_classifier(path, fixture("trained").version)[0],
+    "transformers": lambda fixture, path: fixture("trained_forecaster").version,
 }
 
 
@@ -24,8 +25,8 @@ def test_every_registered_local_kind_is_exercised():
 
 
 @pytest.mark.parametrize("kind", sorted(VERSIONS))
-def test_the_same_pipeline_serves_every_local_handler_kind(kind, trained, tmp_path):
-    version = VERSIONS[kind](trained, tmp_path / "version")
+def test_the_same_pipeline_serves_every_local_handler_kind(kind, request, tmp_path):
+    version = VERSIONS[kind](request.getfixturevalue, tmp_path / "version")
     frame = simulate_fleet(3, 90, seed=5, start=1767300000.0, fault_rate=0.3)
     payloads = list(iter_payloads(frame, version.feature_spec.sensors)) + ["{broken", '{"device_id": 7}']
     stream = tmp_path / "events.jsonl"
