@@ -1,4 +1,4 @@
-"""The PatchTST forecaster: it replaces each channel's current reading by its forecast from the lags before it (and
+"""The PatchTST forecaster: it replaces each channel's newest readings by their forecast from the lags before them (and
 nothing else), serves through the `transformers` kind only, scores the same as its MLflow pyfunc model, and learns
 the fleet's normal dynamics (faults forecast worse than normal rows)."""
 import mlflow
@@ -12,7 +12,7 @@ from model_handlers.torch_handler import TorchSettings, torch_handler
 from model_handlers.transformers_handler import TransformersHandler, TransformersSettings, transformers_handler
 
 
-def test_the_forecast_replaces_only_the_current_readings(trained_forecaster):
+def test_the_forecast_replaces_only_the_newest_readings(trained_forecaster):
     version = trained_forecaster.version
     spec = version.feature_spec
     network = load_forecaster(version)
@@ -20,11 +20,13 @@ def test_the_forecast_replaces_only_the_current_readings(trained_forecaster):
     with torch.inference_mode():
         out = network(x)
         past, target = lag_columns(spec)
-        expected = network.model(past_values=x[:, past]).prediction_outputs[:, 0, :]
-    others = np.setdiff1d(np.arange(x.shape[1]), target)
+        expected = network.model(past_values=x[:, past]).prediction_outputs  # (rows, horizon, channels)
+    assert len(past) == len(target) == spec.lags // 2
+    others = np.setdiff1d(np.arange(x.shape[1]), np.ravel(target))
     assert torch.equal(out[:, others], x[:, others])
-    assert torch.allclose(out[:, target], expected)
+    assert torch.allclose(out[:, np.ravel(target)], expected.reshape(5, -1))
     assert [spec.feature_names[i] for i in past[0]] == [f"{c}__lag{spec.lags - 1}" for c in spec.channels]
+    assert [spec.feature_names[i] for i in target[-1]] == [f"{c}__lag0" for c in spec.channels]
 
 
 def test_only_the_transformers_kind_serves_it_and_it_scores_as_its_pyfunc_model(trained_forecaster, trained):
