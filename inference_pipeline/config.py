@@ -26,6 +26,7 @@ from inference_pipeline.steps.alerts import AlertSettings
 from inference_pipeline.steps.dedup import DedupSettings
 from inference_pipeline.steps.parse import EventSettings
 from inference_pipeline.steps.roster import FleetSettings
+from model_handlers import forecaster
 from model_handlers.kinds import HANDLERS
 from model_handlers.settings import ModelSettings
 from model_handlers.torch_handler import TorchSettings
@@ -79,6 +80,15 @@ class Config(BaseModel):
     @model_validator(mode="after")
     def _dedup_covers_redelivery(self) -> Config:
         check_dedup_covers_redelivery(self.source, self.dedup)
+        return self
+
+    @model_validator(mode="after")
+    def _forecaster_fits_its_lags(self) -> Config:
+        if self.training.model == forecaster.KIND:
+            context = self.features.lags - forecaster.horizon(self.features)
+            if self.training.patchtst.patch_length >= context:
+                raise ValueError(f"training.patchtst.patch_length ({self.training.patchtst.patch_length}) must be "
+                                 f"below the forecaster's context, features.lags - features.lags // 2 ({context})")
         return self
 
     @model_validator(mode="after")

@@ -71,10 +71,10 @@ def trained(tmp_path_factory) -> Trained:
 
 @pytest.fixture(scope="session")
 def trained_forecaster(tmp_path_factory) -> Trained:
-    """The same small fleet with the PatchTST forecaster (``training.model: patchtst``, 8 lags), registered once."""
+    """The same small fleet with the PatchTST forecaster (``training.model: patchtst``, 12 lags), registered once."""
     from inference_pipeline.jobs.main_job import train_simulated
 
     config = small_config(tmp_path_factory.mktemp("forecaster"), **{
-        "training.model": "patchtst", "training.epochs": 4, "features.lags": 8, "model.handler": "transformers",
+        "training.model": "patchtst", "training.epochs": 4, "features.lags": 12, "model.handler": "transformers",
         "model.uri": "models:/iot-transformer@champion"})
     return Trained(config, *train_simulated(config, progress=False))

@@ -50,3 +50,14 @@ def test_it_learns_the_normal_dynamics(trained_forecaster):
     metrics = trained_forecaster.run.metrics
     prior = pd.read_parquet(trained_forecaster.data.eval)["label"].mean()
     assert metrics["eval_average_precision"] > 1.4 * prior, (metrics, prior)  # 4 epochs on a small fleet
+
+
+def test_patches_longer_than_the_context_fail_at_load_naming_the_fields(tmp_path):
+    from inference_pipeline.config import ConfigError, load_config
+    from tests.conftest import REPO
+
+    with pytest.raises(ConfigError, match=r"training.patchtst.patch_length \(4\) must be below .* \(4\)"):
+        load_config(REPO / "configs" / "transformer.yaml", {"work_dir": str(tmp_path), "features.lags": 8,
+                                                             "training.patchtst.patch_length": 4})
+    with pytest.raises(ConfigError, match="features.lags is 1: a forecaster needs at least 2"):
+        load_config(REPO / "configs" / "transformer.yaml", {"work_dir": str(tmp_path), "features.lags": 1})
