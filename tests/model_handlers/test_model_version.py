@@ -38,6 +38,7 @@ def test_every_version_loads_as_an_mlflow_pyfunc_with_the_handlers_scores(traine
 
 def test_a_registered_version_loads_from_the_registry_as_pyfunc(trained):
     mlflow.set_tracking_uri(trained.config.tracking_uri)
+    mlflow.set_registry_uri(trained.config.tracking_uri)  # another fixture's registration may have moved it
     pyfunc = mlflow.pyfunc.load_model(trained.config.model.uri)
     spec = trained.version.feature_spec
     scored = pyfunc.predict(pd.DataFrame(np.zeros((2, len(spec.feature_names)), dtype=np.float32),
