@@ -23,7 +23,7 @@ from model_handlers.model_version import ModelVersion
 from model_handlers.resolve import resolve_model_version
 from model_handlers.serving import HandlerFactory, ServedVersions, spec_differences
 from model_handlers.settings import DEFAULT_GROUP, ModelSettings
-from model_handlers.version_router import VersionRouter
+from model_handlers.version_router import VersionRouter, keyed_router
 
 MAX_REMEMBERED_DEVICES = 200_000  # device -> group answers kept; beyond it the table starts again
 
@@ -71,7 +71,7 @@ class FleetVersions:
         """RunInference's handler over (group, FeatureBatch): one group, one model; several, one KeyModelMapping
         each (batched as the configured kind batches)."""
         if len(self.served) == 1:
-            return KeyedModelHandler(VersionRouter(self.default))
+            return keyed_router(self.default)
         mappings = [KeyModelMapping([group], VersionRouter(served)) for group, served in self.served.items()]
         return _GroupedHandler(mappings, self.max_models_per_worker_hint)
 

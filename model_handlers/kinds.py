@@ -17,7 +17,7 @@ from model_handlers.serving import HandlerFactory, ServedVersions
 from model_handlers.settings import ModelSettings
 from model_handlers.torch_handler import TorchSettings, torch_handler
 from model_handlers.transformers_handler import TransformersSettings, transformers_handler
-from model_handlers.version_router import VersionRouter
+from model_handlers.version_router import keyed_router
 
 HANDLERS: dict[type[ModelSettings], HandlerFactory] = {
     TorchSettings: torch_handler,
@@ -43,4 +43,4 @@ def served_fleet(settings: ModelSettings, version: ModelVersion, tracking_uri: s
 
 def keyed_handler(settings: ModelSettings, version: ModelVersion) -> KeyedModelHandler:
     """The handler of ``settings``' kind serving ``version`` alone, keyed by device id."""
-    return KeyedModelHandler(VersionRouter(ServedVersions(settings, version, handler_factory(settings))))
+    return keyed_router(ServedVersions(settings, version, handler_factory(settings)))

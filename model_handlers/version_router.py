@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
 from features.schema import FeatureBatch
 from model_handlers.serving import ServedVersions, version_tag
@@ -50,3 +50,8 @@ class VersionRouter(ModelHandler[FeatureBatch, PredictionResult, ServedVersions]
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         return self._first.batch_elements_kwargs()
+
+
+def keyed_router(served: ServedVersions) -> KeyedModelHandler:
+    """RunInference's handler for one set of served versions, whatever the elements are keyed by."""
+    return KeyedModelHandler(VersionRouter(served))

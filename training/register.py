@@ -71,11 +71,18 @@ def experiment_id(tracking_uri: str, experiment: str, artifact_root: Path) -> st
     return client.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
 
 
+def _alias_version(client: MlflowClient, name: str, alias: str):
+    """The version ``alias`` names (None when it names none)."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def champion_metric(client: MlflowClient, name: str, metric: str) -> tuple[str | None, float | None]:
     """The current champion's version and its evaluation metric (None when there is no champion)."""
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
+    version = _alias_version(client, name, CHAMPION)
+    if version is None:
         return None, None
     run = client.get_run(version.run_id)
     return str(version.version), run.data.metrics.get(metric)
@@ -138,8 +145,8 @@ def _client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def _info(client: MlflowClient, found, with_run: bool) -> VersionInfo:
-    metrics = client.get_run(found.run_id).data.metrics if with_run and found.run_id else {}
+def _info(client: MlflowClient, found) -> VersionInfo:
+    metrics = client.get_run(found.run_id).data.metrics if found.run_id else {}
     return VersionInfo(found.name, str(found.version), tuple(sorted(found.aliases or ())),
                        found.creation_timestamp / 1000, found.run_id, found.source, dict(metrics), dict(found.tags))
 
@@ -150,7 +157,7 @@ def list_versions(tracking_uri: str, name: str | None = None) -> list[VersionInf
     client = _client(tracking_uri)
     found = client.search_model_versions(f"name = '{name}'" if name else None)
     whole = (client.get_model_version(v.name, v.version) for v in found)
-    return sorted((_info(client, v, True) for v in whole), key=lambda v: (v.name, int(v.version)))
+    return sorted((_info(client, v) for v in whole), key=lambda v: (v.name, int(v.version)))
 
 
 def show_version(tracking_uri: str, name: str, version: str | None = None) -> VersionInfo:
@@ -162,7 +169,7 @@ def show_version(tracking_uri: str, name: str, version: str | None = None) -> Ve
     except mlflow.exceptions.MlflowException as exc:
         raise LookupError(f"{name} {'v' + version if version else '@' + CHAMPION} is not registered: "
                           f"{exc.message}") from None
-    return _info(client, found, True)
+    return _info(client, found)
 
 
 def promote_version(tracking_uri: str, name: str, version: str, alias: str = CHAMPION) -> str | None:
@@ -172,9 +179,6 @@ def promote_version(tracking_uri: str, name: str, version: str, alias: str = CHA
     if MANIFEST_TAG not in target.tags:
         raise LookupError(f"{name} v{version} has no {MANIFEST_TAG} tag: a stream would refuse it")
     client = _client(tracking_uri)
-    try:
-        previous = str(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        previous = None
+    previous = _alias_version(client, name, alias)
     client.set_registered_model_alias(name, alias, version)
-    return previous
+    return None if previous is None else str(previous.version)

@@ -255,6 +255,12 @@ def write_html(summary: Mapping[str, Any], png_path: str | Path | None, path: st
     return path
 
 
+def text_table(rows: Sequence[Sequence[Any]]) -> str:
+    """Rows (the first a header) as left-aligned columns two spaces apart."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(*rows)]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """The summary as aligned ``key  value`` lines (nested keys dotted), a blank line between top-level sections."""
     flat = _flatten(summary)

@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from inference_pipeline.evaluation.report import text_table
 from inference_pipeline.steps.alerts import DebounceState, debounce_flags
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -123,9 +124,8 @@ def comparison_table(comparison: Comparison, open_after: int) -> str:
             ("score p50/p90/p99", *("/".join(f"{q:.3f}" for q in s.score_quantiles) for s in (c.champion,
                                                                                                c.challenger))),
             (f"alerts (open_after {open_after})", str(c.champion.alerts), str(c.challenger.alerts))]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = [f"shadow comparison {_when(c.since)} .. {_when(c.until)}: {c.events} events scored by both"]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = [f"shadow comparison {_when(c.since)} .. {_when(c.until)}: {c.events} events scored by both",
+             text_table(rows)]
     lines.append(f"agreement on anomalies {c.agreement:.2%} (both {c.both}, champion only {c.champion_only}, "
                  f"challenger only {c.challenger_only}, neither {c.neither}); Cohen's kappa {c.kappa:.3f}")
     return "\n".join(lines)

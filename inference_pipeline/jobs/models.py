@@ -9,6 +9,7 @@ from pathlib import Path
 
 from inference_pipeline.config import Config
 from inference_pipeline.connectors.sqlite import results_path
+from inference_pipeline.evaluation.report import text_table
 from inference_pipeline.evaluation.shadow import compare, comparison_plot, comparison_table, shadow_seconds
 from training.register import CHAMPION, VersionInfo, list_versions, promote_version, show_version
 
@@ -28,9 +29,7 @@ def versions_table(config: Config, name: str | None) -> str:
     header = ["name", "version", "aliases", "created", *metrics]
     rows = [[v.name, v.version, ",".join(v.aliases) or "-", _when(v.created),
              *(f"{v.metrics[m]:.4f}" if m in v.metrics else "-" for m in metrics)] for v in found]
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
-                     for row in [header, *rows])
+    return text_table([header, *rows])
 
 
 def describe(info: VersionInfo) -> str:

@@ -8,14 +8,14 @@ import logging
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import RunInference
 
 from features.scaling import ScaleFeatures
 from features.schema import DeadLetter
 from features.spec import FeatureSpec
 from inference_pipeline.steps.score import ScorePredictions
 from model_handlers.serving import ServedVersions
-from model_handlers.version_router import VersionRouter
+from model_handlers.version_router import keyed_router
 
 LOG = logging.getLogger(__name__)
 MAX_LOGGED_REASONS = 100
@@ -61,8 +61,7 @@ class ShadowScores(beam.PTransform):
 
     def expand(self, features: beam.PCollection) -> beam.PCollection:
         scaled = features | "ScaleFeatures" >> ScaleFeatures(self._spec, self._served)
-        inferred, failed = scaled | "RunInference" >> RunInference(
-            KeyedModelHandler(VersionRouter(self._served))).with_exception_handling()
+        inferred, failed = scaled | "RunInference" >> RunInference(keyed_router(self._served)).with_exception_handling()
         scored = inferred | "Score" >> ScorePredictions(self._threshold, self._spec)
         failed.failed_inferences | "CountFailedBatches" >> beam.ParDo(_CountFailures())
         scored.dead_letters | "CountRefusedEvents" >> beam.ParDo(_CountFailures())
