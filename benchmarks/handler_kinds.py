@@ -1,4 +1,4 @@
-"""Pipeline throughput per local handler kind: the same replay through the graph ``iotml stream`` runs, once per kind,
+"""Pipeline throughput per handler kind: the same replay through the graph ``iotml stream`` runs, once per kind,
 each serving a model over the same feature spec and MLTransform artifacts:
 
 - ``torch``: the autoencoder (``replay_throughput.train_version``, trained the normal way);
@@ -6,7 +6,9 @@ each serving a model over the same feature spec and MLTransform artifacts:
   packaged over the autoencoder's transform (``tests/mlflow_flavours.sklearn_classifier``, the flavour the tests
   serve);
 - ``transformers``: the PatchTST forecaster over 16 lagged readings per sensor (its own feature spec and transform),
-  trained the same way.
+  trained the same way;
+- ``http_endpoint``: the autoencoder again, scored by ``mlflow models serve`` of its version on this machine (one
+  uvicorn worker; the stream's JSON requests and the server's parsing are what it adds).
 
 Steady-state events per second as ``replay_throughput.py`` measures them (first to last prediction batch), one
 worker, median of ``--runs``. Last output line is JSON: ``{"events": N, "torch_eps": x, "mlflow_eps": y, ...}``.
@@ -31,6 +33,7 @@ from inference_pipeline.runtime.run import event_rules  # noqa: E402
 from model_handlers.kinds import HANDLERS  # noqa: E402
 from replay_throughput import run_pipeline, train_version, write_events  # noqa: E402
 from tests.mlflow_flavours import sklearn_classifier  # noqa: E402
+from tests.model_servers import ModelServer  # noqa: E402
 
 
 TRANSFORMER = {"training.model": "patchtst", "features.lags": 16, "model.handler": "transformers"}
@@ -48,21 +51,24 @@ def main() -> None:
         work = Path(tmp)
         torch_version = train_version(work / "train")
         versions = {"torch": torch_version, "mlflow": sklearn_classifier(work / "mlflow", torch_version)[0],
-                    "transformers": train_version(work / "transformer", TRANSFORMER)}
-        missing = {settings.model_fields["handler"].default for settings in HANDLERS} - set(versions)
-        if missing:
-            raise SystemExit(f"no benchmark model for handler kinds {sorted(missing)}")
-        events = work / "events.jsonl"
-        write_events(events, args.events, torch_version.feature_spec.sensors)
-        figures: dict[str, list[float]] = {kind: [] for kind in versions}
-        for _ in range(args.runs):
-            for kind, version in versions.items():
-                served = load_config(overrides={"model": {"handler": kind, "uri": str(version.path)}})
-                run = run_pipeline(served, events, version, event_rules(served, version), args.batch_size)
-                if run.predictions != args.events:
-                    raise SystemExit(f"{kind}: {run.predictions} predictions for {args.events} events")
-                figures[kind].append(run.eps)
-                print(f"{kind}: {run.eps:.0f} ev/s steady, start-up {run.startup_s:.2f} s", flush=True)
+                    "transformers": train_version(work / "transformer", TRANSFORMER), "http_endpoint": torch_version}
+        with ModelServer(str(torch_version.path), None, work / "serve.log") as server:
+            settings = {"http_endpoint": {"url": server.url}}
+            missing = {kind.model_fields["handler"].default for kind in HANDLERS} - set(versions)
+            if missing:
+                raise SystemExit(f"no benchmark model for handler kinds {sorted(missing)}")
+            events = work / "events.jsonl"
+            write_events(events, args.events, torch_version.feature_spec.sensors)
+            figures: dict[str, list[float]] = {kind: [] for kind in versions}
+            for _ in range(args.runs):
+                for kind, version in versions.items():
+                    served = load_config(overrides={"model": {"handler": kind, "uri": str(version.path),
+                                                              **settings.get(kind, {})}})
+                    run = run_pipeline(served, events, version, event_rules(served, version), args.batch_size)
+                    if run.predictions != args.events:
+                        raise SystemExit(f"{kind}: {run.predictions} predictions for {args.events} events")
+                    figures[kind].append(run.eps)
+                    print(f"{kind}: {run.eps:.0f} ev/s steady, start-up {run.startup_s:.2f} s", flush=True)
     print(json.dumps({"events": args.events, "runs": args.runs,
                       **{f"{kind}_eps": round(statistics.median(eps), 1) for kind, eps in figures.items()}}))
 

@@ -1,9 +1,10 @@
-"""What every local handler kind shares: FeatureBatches in, one model call over the rows of a whole RunInference
-batch, the output cut back into one ``PredictionResult`` per batch, batching counted in feature rows. A kind says only
+"""What every handler kind shares: FeatureBatches in, one model call over the rows of a whole RunInference batch, the
+output cut back into one ``PredictionResult`` per batch (``score_batches``; remote kinds, whose ``run_inference`` is
+Beam's ``RemoteModelHandler``'s, call it from ``request``), batching counted in feature rows. A local kind says only
 how it scores rows (``score``)."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,14 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from features.schema import FeatureBatch, feature_rows
 from model_handlers.contract import ModelOutput, split_outputs
+
+
+def score_batches(batch: Sequence[FeatureBatch], score: Callable[[np.ndarray], ModelOutput]) -> list[PredictionResult]:
+    """One ``score`` call over the concatenated rows of ``batch``, cut back into one result per feature batch."""
+    output = score(np.concatenate([b.features for b in batch]))
+    model_id = str(output.model)
+    return [PredictionResult(item, part, model_id)
+            for item, part in zip(batch, split_outputs([len(b) for b in batch], output))]
 
 
 class FeatureBatchHandler(ModelHandler[FeatureBatch, PredictionResult, Any]):
@@ -28,10 +37,7 @@ class FeatureBatchHandler(ModelHandler[FeatureBatch, PredictionResult, Any]):
 
     def run_inference(self, batch: Sequence[FeatureBatch], model: Any,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        output = self.score(np.concatenate([b.features for b in batch]), model)
-        model_id = str(output.model)
-        return [PredictionResult(item, part, model_id)
-                for item, part in zip(batch, split_outputs([len(b) for b in batch], output))]
+        return score_batches(batch, lambda features: self.score(features, model))
 
     def get_num_bytes(self, batch: Sequence[FeatureBatch]) -> int:
         return sum(b.features.nbytes for b in batch)

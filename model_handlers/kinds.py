@@ -11,6 +11,7 @@ from pathlib import Path
 from apache_beam.ml.inference.base import KeyedModelHandler
 
 from model_handlers.device_groups import FleetVersions, fleet_versions
+from model_handlers.http_endpoint import HttpEndpointSettings, http_endpoint_handler
 from model_handlers.mlflow_handler import MlflowSettings, mlflow_handler
 from model_handlers.model_version import ModelVersion
 from model_handlers.serving import HandlerFactory, ServedVersions
@@ -23,6 +24,7 @@ HANDLERS: dict[type[ModelSettings], HandlerFactory] = {
     TorchSettings: torch_handler,
     MlflowSettings: mlflow_handler,
     TransformersSettings: transformers_handler,
+    HttpEndpointSettings: http_endpoint_handler,
 }
 
 

@@ -126,9 +126,13 @@ def _write_mlmodel(path: Path, spec: FeatureSpec) -> None:
     from mlflow.pyfunc import add_to_model
     from mlflow.types import ColSpec, Schema
 
+    from model_handlers.pyfunc import CONTRIBUTION, TRANSFORM_ID
+
     signature = ModelSignature(
         inputs=Schema([ColSpec("float", name) for name in spec.feature_names]),
-        outputs=Schema([ColSpec("double", "raw_score"), ColSpec("double", "anomaly_score")]))
+        outputs=Schema([ColSpec("double", "raw_score"), ColSpec("double", "anomaly_score"),
+                        *(ColSpec("double", CONTRIBUTION + name) for name in spec.channels),
+                        ColSpec("string", TRANSFORM_ID)]))
     model = Model(signature=signature)
     add_to_model(model, loader_module=PYFUNC_LOADER, data=".")
     model.save(str(path / "MLmodel"))

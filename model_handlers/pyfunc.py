@@ -1,8 +1,11 @@
 """Every model version is an MLflow pyfunc model: its MLmodel file names this module as the loader.
 
 ``mlflow.pyfunc.load_model(<version folder>)`` (and so ``mlflow models serve``) returns a model whose ``predict``
-takes scaled feature rows (a DataFrame with the feature spec's columns: the MLTransform output) and returns
-``raw_score`` and ``anomaly_score`` per row: the same numbers the streaming handler computes.
+takes scaled feature rows (a DataFrame with the feature spec's columns: the MLTransform output) and returns, per row,
+``raw_score``, ``anomaly_score`` and ``contribution_<sensor>`` (each sensor's share of the score): the same numbers
+the streaming handler computes. Each row also names ``transform_id``, the fingerprint of the MLTransform artifacts
+the version's model belongs to, so a remote caller can check that it scaled the rows with the same version's
+transform (``model_handlers.http_endpoint``).
 """
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 from model_handlers.model_version import ModelVersion
+
+CONTRIBUTION = "contribution_"
+TRANSFORM_ID = "transform_id"
 
 
 class VersionPyfunc:
@@ -30,7 +36,12 @@ class VersionPyfunc:
         if missing:
             raise ValueError(f"input lacks feature columns {missing[:5]}{'...' if len(missing) > 5 else ''}")
         output = self._model.score(data[self._names].to_numpy(dtype=np.float32))
-        return pd.DataFrame({"raw_score": output.raw_score, "anomaly_score": output.anomaly_score})
+        columns = {"raw_score": output.raw_score, "anomaly_score": output.anomaly_score}
+        if output.sensor_contributions is not None:
+            columns.update({CONTRIBUTION + name: output.sensor_contributions[:, j].astype(np.float64)
+                            for j, name in enumerate(output.sensor_names)})
+        columns[TRANSFORM_ID] = output.model.transform_id
+        return pd.DataFrame(columns)
 
 
 def _load_pyfunc(path: str) -> VersionPyfunc:

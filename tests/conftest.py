@@ -78,3 +78,13 @@ def trained_forecaster(tmp_path_factory) -> Trained:
         "training.model": "patchtst", "training.epochs": 4, "features.lags": 12, "model.handler": "transformers",
         "model.uri": "models:/iot-transformer@champion"})
     return Trained(config, *train_simulated(config, progress=False))
+
+
+@pytest.fixture(scope="session")
+def served_model(trained, tmp_path_factory):
+    """``mlflow models serve`` of the trained fixture's registered champion (a real model server process)."""
+    from tests.model_servers import ModelServer
+
+    log = tmp_path_factory.mktemp("model-server") / "serve.log"
+    with ModelServer(trained.config.model.uri, trained.config.tracking_uri, log) as server:
+        yield server

@@ -1,5 +1,5 @@
-"""One pipeline, every local handler kind: the same graph serves whichever kind ``model.handler`` names, and its
-predictions name the version that made them."""
+"""One pipeline, every handler kind: the same graph serves whichever kind ``model.handler`` names (in process, or a
+real model server for a remote kind), and its predictions name the version that made them."""
 import sqlite3
 
 import pandas as pd
@@ -12,27 +12,33 @@ from tests import mlflow_flavours
 from tests.conftest import REPO
 from training.simulate import iter_payloads, simulate_fleet
 
-# a version each local kind serves (from the test's fixtures); a new kind adds its own here
+# a version each kind serves (from the test's fixtures); a new kind adds its own here
 VERSIONS = {
     "torch": lambda fixture, path: fixture("trained").version,
     "mlflow": lambda fixture, path: mlflow_flavours.sklearn_classifier(path, fixture("trained").version)[0],
     "transformers": lambda fixture, path: fixture("trained_forecaster").version,
+    "http_endpoint": lambda fixture, path: fixture("trained").version,
+}
+# what a kind needs beyond its version: where a remote kind's model is served
+SETTINGS = {
+    "http_endpoint": lambda fixture: {"url": fixture("served_model").url},
 }
 
 
-def test_every_registered_local_kind_is_exercised():
+def test_every_registered_kind_is_exercised():
     assert {settings.model_fields["handler"].default for settings in HANDLERS} == set(VERSIONS)
 
 
 @pytest.mark.parametrize("kind", sorted(VERSIONS))
-def test_the_same_pipeline_serves_every_local_handler_kind(kind, request, tmp_path):
+def test_the_same_pipeline_serves_every_handler_kind(kind, request, tmp_path):
     version = VERSIONS[kind](request.getfixturevalue, tmp_path / "version")
     frame = simulate_fleet(3, 90, seed=5, start=1767300000.0, fault_rate=0.3)
     payloads = list(iter_payloads(frame, version.feature_spec.sensors)) + ["{broken", '{"device_id": 7}']
     stream = tmp_path / "events.jsonl"
     stream.write_text("\n".join(payloads) + "\n")
     config = load_config(REPO / "configs" / "local.yaml", {
-        "work_dir": str(tmp_path), "model": {"handler": kind, "uri": str(version.path)},
+        "work_dir": str(tmp_path), "model": {"handler": kind, "uri": str(version.path),
+                                            **SETTINGS.get(kind, lambda _: {})(request.getfixturevalue)},
         "source": {"kind": "replay", "path": str(stream)},
         "sinks": {"results": {"kind": "sqlite", "path": str(tmp_path / "results.db")}}})
     assert config.model.handler == kind

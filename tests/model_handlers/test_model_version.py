@@ -43,4 +43,7 @@ def test_a_registered_version_loads_from_the_registry_as_pyfunc(trained):
     spec = trained.version.feature_spec
     scored = pyfunc.predict(pd.DataFrame(np.zeros((2, len(spec.feature_names)), dtype=np.float32),
                                          columns=spec.feature_names))
-    assert list(scored.columns) == ["raw_score", "anomaly_score"] and scored["anomaly_score"].between(0, 1).all()
+    contributions = [f"contribution_{name}" for name in spec.channels]
+    assert list(scored.columns) == ["raw_score", "anomaly_score", *contributions, "transform_id"]
+    assert scored["anomaly_score"].between(0, 1).all() and set(scored["transform_id"]) == {trained.version.transform_id}
+    assert np.allclose(scored[contributions].sum(axis=1), 1.0, atol=1e-5)
