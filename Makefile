@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test benchmark soak services clean
+.PHONY: install run test benchmark soak registry services clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ benchmark: $(STAMP)
 # 30 minutes of the live MQTT path at 2,000 events/s (needs Mosquitto on 127.0.0.1:1883): memory every minute
 soak: $(STAMP)
 	$(BIN)/python benchmarks/live_latency.py --rate 2000 --duration 1800
+
+# The MLflow registry as a server on PostgreSQL (IOTML_REGISTRY_DB or PG* variables), artifacts proxied: README
+registry: $(STAMP)
+	$(BIN)/iotml registry serve
 
 clean:
 	rm -rf work

@@ -108,6 +108,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry(args: argparse.Namespace) -> int:
+    from inference_pipeline.jobs.registry_server import ServerOptions, serve
+
+    artifacts = args.artifacts or _config(args).work_path / "registry-artifacts"
+    return serve(ServerOptions(artifacts, args.host, args.port, args.workers, args.db_name, args.basic_auth))
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from inference_pipeline.jobs.backfill import score_path
 
@@ -188,6 +195,20 @@ def parser() -> argparse.ArgumentParser:
     for action in (listing, shown, promoted, compared):
         _common(action)
     models.set_defaults(func=cmd_models)
+
+    registry = commands.add_parser("registry", help="the MLflow registry as a server")
+    served = registry.add_subparsers(dest="action", required=True).add_parser(
+        "serve", help="MLflow tracking server on PostgreSQL (IOTML_REGISTRY_DB or PG* variables), artifacts proxied")
+    _common(served)
+    served.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    served.add_argument("--port", type=int, default=5000)
+    served.add_argument("--artifacts", type=Path, help="artifact folder (default <work_dir>/registry-artifacts)")
+    served.add_argument("--db-name", help="PostgreSQL database, created if missing (default: the URI's, else "
+                                          "iotml_registry)")
+    served.add_argument("--workers", type=int, default=4, help="server worker processes")
+    served.add_argument("--basic-auth", action="store_true",
+                        help="MLflow's basic-auth app (MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_ADMIN_PASSWORD)")
+    registry.set_defaults(func=cmd_registry)
 
     score = commands.add_parser("score", help="causal backfill scoring of CSV time series (unsupervised)")
     score.add_argument("--input", required=True, help="a CSV file or a folder of CSVs")

@@ -27,6 +27,11 @@ class Registration:
     reason: str
 
 
+def is_server(tracking_uri: str) -> bool:
+    """Whether ``tracking_uri`` names an HTTP tracking server (rather than a database or folder this process opens)."""
+    return urlsplit(tracking_uri).scheme in ("http", "https")
+
+
 @contextlib.contextmanager
 def _one_quick_try(timeout_s: int) -> Iterator[None]:
     """MLflow's HTTP requests without retries and with a short timeout (its defaults retry for minutes)."""
@@ -47,7 +52,7 @@ def check_tracking_server(tracking_uri: str, timeout_s: int = 10) -> None:
     """Fail before any training when an HTTP tracking server does not answer: ConnectionError naming its host
     (never the URI, which may carry a password) and the first line of the failure."""
     parts = urlsplit(tracking_uri)
-    if parts.scheme not in ("http", "https"):
+    if not is_server(tracking_uri):
         return
     try:
         with _one_quick_try(timeout_s):
@@ -62,11 +67,14 @@ def check_tracking_server(tracking_uri: str, timeout_s: int = 10) -> None:
 
 
 def experiment_id(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
-    """The experiment's id, creating it with artifacts under ``artifact_root`` (not the current directory)."""
+    """The experiment's id, creating it with artifacts under ``artifact_root`` (not the current directory); on a
+    tracking server where the server chooses (``mlflow-artifacts:`` when it proxies them: runs upload through it)."""
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
+    if is_server(tracking_uri):
+        return client.create_experiment(experiment)
     artifact_root.mkdir(parents=True, exist_ok=True)
     return client.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
 
