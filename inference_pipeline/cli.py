@@ -115,6 +115,21 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return serve(ServerOptions(artifacts, args.host, args.port, args.workers, args.db_name, args.basic_auth))
 
 
+def cmd_vertex(args: argparse.Namespace) -> int:
+    from inference_pipeline.jobs import vertex
+
+    config = _config(args)
+    if args.action == "upload":
+        print(vertex.describe_versions(vertex.upload(config, args.name, args.version, args.image)))
+        return 0
+    deployment = vertex.deploy(config, args.model, endpoint=args.endpoint, endpoint_display_name=args.endpoint_name,
+                               machine_type=args.machine_type, accelerator_type=args.accelerator_type,
+                               accelerator_count=args.accelerator_count, min_replicas=args.min_replicas,
+                               max_replicas=args.max_replicas, traffic_percentage=args.traffic_percentage)
+    print(vertex.describe_deployment(config, deployment, args.model))
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from inference_pipeline.jobs.backfill import score_path
 
@@ -209,6 +224,29 @@ def parser() -> argparse.ArgumentParser:
     served.add_argument("--basic-auth", action="store_true",
                         help="MLflow's basic-auth app (MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_ADMIN_PASSWORD)")
     registry.set_defaults(func=cmd_registry)
+
+    vertex = commands.add_parser("vertex", help="Vertex AI Model Registry and endpoints (model.vertex)")
+    steps = vertex.add_subparsers(dest="action", required=True)
+    uploaded = steps.add_parser("upload", help="put a registered version into the Vertex AI Model Registry, its "
+                                               "MLflow aliases mirrored")
+    uploaded.add_argument("name", help="registered model name")
+    uploaded.add_argument("version", nargs="?", help="MLflow version (default: the champion)")
+    uploaded.add_argument("--image", help="serving container image (default: training.vertex_serving.image_uri)")
+    deployed = steps.add_parser("deploy", help="put a Vertex model version on an endpoint (below 100 %%: a canary)")
+    deployed.add_argument("model", help="vertex:<model>@<alias> or vertex:<model>/<version id>")
+    target = deployed.add_mutually_exclusive_group(required=True)
+    target.add_argument("--endpoint", help="an existing endpoint's id or resource name")
+    target.add_argument("--endpoint-name", help="the endpoint of this display name (created when there is none)")
+    deployed.add_argument("--machine-type", default="n1-standard-4")
+    deployed.add_argument("--accelerator-type", help="e.g. NVIDIA_TESLA_T4, NVIDIA_L4")
+    deployed.add_argument("--accelerator-count", type=int, default=0)
+    deployed.add_argument("--min-replicas", type=int, default=1)
+    deployed.add_argument("--max-replicas", type=int, default=1)
+    deployed.add_argument("--traffic-percentage", type=int, default=100,
+                          help="share of the endpoint's traffic for this version; the rest stays with what it serves")
+    for step in (uploaded, deployed):
+        _common(step)
+    vertex.set_defaults(func=cmd_vertex)
 
     score = commands.add_parser("score", help="causal backfill scoring of CSV time series (unsupervised)")
     score.add_argument("--input", required=True, help="a CSV file or a folder of CSVs")

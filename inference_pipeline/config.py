@@ -92,6 +92,17 @@ class Config(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _vertex_registry_is_set(self) -> Config:
+        if self.training.registry == "vertex":
+            if self.model.vertex is None or not self.model.vertex.staging_bucket:
+                raise ValueError("model.vertex.staging_bucket: training.registry is vertex: set model.vertex "
+                                 "(project, location, staging_bucket) where versions are uploaded")
+            if self.training.vertex_serving is None:
+                raise ValueError("training.vertex_serving.image_uri: training.registry is vertex: set the serving "
+                                 "container versions are uploaded with")
+        return self
+
+    @model_validator(mode="after")
     def _shadow_is_recorded(self) -> Config:
         if self.model.shadow and not any("shadow_predictions" in sink.results for sink in self.sinks.values()):
             raise ValueError("model.shadow: no sink writes shadow_predictions (add it to a sink's results)")

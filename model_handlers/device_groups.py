@@ -96,7 +96,7 @@ def fleet_versions(settings: ModelSettings, default: ModelVersion, factory: Hand
     cache = None if cache_dir is None else str(cache_dir)
 
     def serve(field: str, uri: str) -> ServedVersions:
-        version = resolve_model_version(uri, tracking_uri, Path(cache or "."))
+        version = resolve_model_version(uri, tracking_uri, Path(cache or "."), settings.vertex)
         differences = spec_differences(default.feature_spec, version.feature_spec)
         if differences:
             raise ValueError(f"{field}: {uri} has another feature spec than model.uri's ({'; '.join(differences)}); "

@@ -18,6 +18,7 @@ from model_handlers.serving import HandlerFactory, ServedVersions
 from model_handlers.settings import ModelSettings
 from model_handlers.torch_handler import TorchSettings, torch_handler
 from model_handlers.transformers_handler import TransformersSettings, transformers_handler
+from model_handlers.vertex_endpoint import VertexEndpointSettings, vertex_endpoint_handler
 from model_handlers.version_router import keyed_router
 
 HANDLERS: dict[type[ModelSettings], HandlerFactory] = {
@@ -25,6 +26,7 @@ HANDLERS: dict[type[ModelSettings], HandlerFactory] = {
     MlflowSettings: mlflow_handler,
     TransformersSettings: transformers_handler,
     HttpEndpointSettings: http_endpoint_handler,
+    VertexEndpointSettings: vertex_endpoint_handler,
 }
 
 

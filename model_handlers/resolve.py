@@ -1,4 +1,5 @@
-"""Resolve a registry reference (models:/<name>@<alias> or models:/<name>/<version>) to a local model version."""
+"""Resolve a registry reference to a local model version: MLflow's (models:/<name>@<alias>, models:/<name>/<version>)
+here, Vertex AI's (vertex:<model>@<alias>, vertex:<model>/<version id>) in ``model_handlers.vertex``."""
 from __future__ import annotations
 
 import contextlib
@@ -9,10 +10,30 @@ from urllib.parse import urlsplit, urlunsplit
 
 from model_handlers.manifest import MANIFEST_TAG, UntrustedModelError
 from model_handlers.model_version import ModelVersion
+from model_handlers.vertex import (VertexProject, is_vertex_uri, parse_vertex_uri, resolve_vertex_version,
+                                   vertex_registry_version)
+
+
+def is_registry_uri(uri: str) -> bool:
+    return uri.startswith("models:/") or is_vertex_uri(uri)
+
+
+def pinned_uri(uri: str, version: str) -> str:
+    """The reference to ``version`` of the model ``uri`` refers to, in the same registry."""
+    name, _, _ = parse_model_uri(uri)
+    return f"vertex:{name}/{version}" if is_vertex_uri(uri) else f"models:/{name}/{version}"
+
+
+def _vertex(uri: str, vertex: VertexProject | None) -> VertexProject:
+    if vertex is None:
+        raise ValueError(f"model.vertex: {uri} is a Vertex AI reference; set model.vertex (project, location)")
+    return vertex
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """(name, alias, version) from a models:/ URI."""
+    """(name, alias, version) from a models:/ or vertex: URI."""
+    if is_vertex_uri(uri):
+        return parse_vertex_uri(uri)
     ref = uri.removeprefix("models:/")
     if "@" in ref:
         name, alias = ref.split("@", 1)
@@ -65,14 +86,19 @@ def _download(source: str, tracking_uri: str, target: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def registry_version(uri: str, tracking_uri: str) -> str:
-    """The version number a models:/ reference names now (one registry query, nothing downloaded)."""
+def registry_version(uri: str, tracking_uri: str, vertex: VertexProject | None = None) -> str:
+    """The version number a registry reference names now (one registry query, nothing downloaded)."""
+    if is_vertex_uri(uri):
+        return vertex_registry_version(uri, _vertex(uri, vertex))
     return str(_registry_version(uri, tracking_uri).version)
 
 
-def resolve_model_version(uri: str, tracking_uri: str, cache_dir: Path) -> ModelVersion:
+def resolve_model_version(uri: str, tracking_uri: str, cache_dir: Path,
+                          vertex: VertexProject | None = None) -> ModelVersion:
     """Download (once) the version a registry reference points at and open it verified against the manifest digest
     the registry recorded for it; a version folder is opened verified against its own manifest."""
+    if is_vertex_uri(uri):
+        return resolve_vertex_version(uri, _vertex(uri, vertex), cache_dir)
     if not uri.startswith("models:/"):
         return ModelVersion.open(uri)
     name, _, _ = parse_model_uri(uri)

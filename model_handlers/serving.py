@@ -36,7 +36,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from features.scaling import ScalingArtifacts
 from features.spec import FeatureSpec
 from model_handlers.model_version import ModelVersion
-from model_handlers.resolve import parse_model_uri, registry_version, resolve_model_version
+from model_handlers.resolve import is_registry_uri, parse_model_uri, pinned_uri, registry_version, resolve_model_version
 from model_handlers.settings import ModelSettings
 
 LOG = logging.getLogger(__name__)
@@ -74,8 +74,9 @@ class ServedVersions:
 
     @property
     def watching(self) -> bool:
-        uri = self.settings.uri
-        return bool(self.settings.watch_s) and uri.startswith("models:/") and "@" in uri and bool(self.tracking_uri)
+        uri, vertex = self.settings.uri, self.settings.vertex
+        registry = bool(self.tracking_uri) if uri.startswith("models:/") else vertex is not None
+        return bool(self.settings.watch_s) and is_registry_uri(uri) and "@" in uri and registry
 
     def current(self, device_id: str | None = None) -> ScalingArtifacts:
         """The current version's MLTransform artifacts, tagged with the version (the scaling step's source; every
@@ -145,12 +146,13 @@ class _Watcher:
         served = self._served
         uri = served.settings.uri
         name, alias, _ = parse_model_uri(uri)
-        number = registry_version(uri, served.tracking_uri)
+        number = registry_version(uri, served.tracking_uri, served.settings.vertex)
         tag, serving = f"{name}/{number}", version_tag(self._current)
-        if tag == serving or tag in self._refused:
+        if number == self._current.version or tag in self._refused:  # a Vertex model named by id is labelled by name
             return self._current
         try:
-            version = resolve_model_version(f"models:/{name}/{number}", served.tracking_uri, Path(served.cache_dir))
+            version = resolve_model_version(pinned_uri(uri, number), served.tracking_uri, Path(served.cache_dir),
+                                            served.settings.vertex)
             differences = spec_differences(served.first.feature_spec, version.feature_spec)
             if differences:
                 raise ValueError(f"its feature spec differs from the running graph's: {'; '.join(differences)}")

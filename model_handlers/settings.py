@@ -5,11 +5,17 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from model_handlers.vertex import VertexProject, is_vertex_uri, parse_vertex_uri
+
 DEFAULT_GROUP = "default"
 
 
 def model_uri(uri: str) -> str:
-    """A registry reference (``models:/<name>@<alias>``, ``models:/<name>/<version>``) or a version folder."""
+    """A registry reference (MLflow: ``models:/<name>@<alias>``, ``models:/<name>/<version>``; Vertex AI:
+    ``vertex:<model>@<alias>``, ``vertex:<model>/<version id>``) or a version folder."""
+    if is_vertex_uri(uri):
+        parse_vertex_uri(uri)
+        return uri
     if uri.startswith("models:/"):
         ref = uri[len("models:/"):]
         if "@" in ref and all(ref.split("@", 1)) or "/" in ref and all(ref.split("/", 1)):
@@ -32,8 +38,10 @@ class DeviceGroup(BaseModel):
 
 
 class ModelSettings(BaseModel):
-    """``uri``: ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a model version folder;
-    ``tracking_uri``: the MLflow registry (default: the work dir's); ``watch_s``: with an alias URI, seconds between
+    """``uri``: ``models:/<name>@<alias>``, ``models:/<name>/<version>`` (MLflow), ``vertex:<model>@<alias>``,
+    ``vertex:<model>/<version id>`` (Vertex AI Model Registry) or a model version folder; ``tracking_uri``: the
+    MLflow registry (default: the work dir's); ``vertex``: the Vertex AI project and location of ``vertex:``
+    references; ``watch_s``: with an alias URI, seconds between
     checks of the registry for a promotion, served without a restart (0: never; ``model_handlers.serving``);
     ``groups``: device groups served by their own models (``model_handlers.device_groups``; the rest: ``uri``), at
     most ``max_models_per_worker_hint`` group models loaded per worker; ``shadow``: a challenger scoring every event
@@ -46,6 +54,7 @@ class ModelSettings(BaseModel):
     handler: str
     uri: str = "models:/iot-anomaly@champion"
     tracking_uri: str | None = None
+    vertex: VertexProject | None = None
     watch_s: float = Field(15.0, ge=0)
     groups: dict[str, DeviceGroup] = {}
     max_models_per_worker_hint: int | None = Field(None, ge=1)

@@ -34,10 +34,27 @@ class PatchTstSettings(BaseModel):
     ffn_dim: int = Field(64, ge=4)
 
 
+class VertexServing(BaseModel):
+    """``image_uri``: the serving container (``mlflow models build-docker -m models:/<name>/<version> -n <image>``,
+    pushed to Artifact Registry); ``predict_route``, ``health_route``, ``port``: where it answers; ``env``: its
+    environment variables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image_uri: str = Field(min_length=1)
+    predict_route: str = "/invocations"
+    health_route: str = "/ping"
+    port: int = Field(8080, ge=1, le=65535)
+    env: dict[str, str] = {}
+
+
 class TrainingSettings(BaseModel):
     """Training and threshold calibration. ``model``: ``autoencoder`` (over the window features; ``hidden``) or
     ``patchtst`` (a transformer forecasting each reading from the ``features.lags`` before it; ``patchtst``,
-    served by ``model.handler: transformers``)."""
+    served by ``model.handler: transformers``). ``registry``: where ``iotml train`` registers versions: ``mlflow``
+    (the tracking server or database), or ``vertex``: MLflow as well (runs, metrics and the manifest tag), and each
+    version uploaded to the Vertex AI Model Registry of ``model.vertex`` with ``vertex_serving``'s container, its
+    aliases mirrored from MLflow's (``training.vertex_register``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -53,3 +70,5 @@ class TrainingSettings(BaseModel):
     seed: int = 0
     device: Literal["auto", "cpu", "gpu"] = "auto"
     experiment: str = "iot-anomaly"
+    registry: Literal["mlflow", "vertex"] = "mlflow"
+    vertex_serving: VertexServing | None = None

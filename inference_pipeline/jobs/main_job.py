@@ -16,9 +16,10 @@ from inference_pipeline.connectors.replay import ReplaySettings
 from inference_pipeline.connectors.sqlite import results_path
 from inference_pipeline.evaluation import accuracy, report
 from inference_pipeline.runtime.results_lock import hold_results, sqlite_paths
+from inference_pipeline.jobs.vertex import publish_trained
 from inference_pipeline.runtime.run import event_rules, run_pipeline
 from model_handlers.model_version import ModelVersion
-from model_handlers.resolve import parse_model_uri, resolve_model_version
+from model_handlers.resolve import is_registry_uri, parse_model_uri, resolve_model_version
 from training.malformed import mix_in_malformed
 from training.settings import SimulationSettings
 from training.simulate import device_table, iter_payloads, simulate_fleet, write_frame
@@ -99,7 +100,9 @@ def train_simulated(config: Config, promote: bool = False, progress: bool = True
     training = train_and_register(data.train, data.eval, config.features, config.training, config.work_path,
                                   config.tracking_uri, model_name(config), pipeline_options(config), promote,
                                   progress)
-    return data, training, resolve_model_version(config.model.uri, config.tracking_uri, config.work_path / "models")
+    publish_trained(config, training)
+    return data, training, resolve_model_version(config.model.uri, config.tracking_uri,
+                                                                     config.work_path / "models", config.model.vertex)
 
 
 def train_from_tables(config: Config, train: Path | None, evaluation: Path | None, promote: bool) -> TrainingRun:
@@ -107,8 +110,10 @@ def train_from_tables(config: Config, train: Path | None, evaluation: Path | Non
     if train is None or evaluation is None:
         data = simulate_datasets(config)
         train, evaluation = data.train, data.eval
-    return train_and_register(train, evaluation, config.features, config.training, config.work_path,
-                              config.tracking_uri, model_name(config), pipeline_options(config), promote)
+    run = train_and_register(train, evaluation, config.features, config.training, config.work_path,
+                             config.tracking_uri, model_name(config), pipeline_options(config), promote)
+    publish_trained(config, run)
+    return run
 
 
 def simulate_to_file(sim: SimulationSettings, output: Path) -> str:
@@ -159,4 +164,4 @@ def _run_main_job(config: Config, promote: bool, sink_path: Path) -> dict[str, A
 
 def model_name(config: Config) -> str:
     """The registered model name that ``model.uri`` refers to (training registers under it)."""
-    return parse_model_uri(config.model.uri)[0] if config.model.uri.startswith("models:/") else "iot-anomaly"
+    return parse_model_uri(config.model.uri)[0] if is_registry_uri(config.model.uri) else "iot-anomaly"

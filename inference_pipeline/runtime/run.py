@@ -104,7 +104,8 @@ def run_stream(config: Config) -> int:
     """``iotml stream``: resolve the model from the registry, run until the source ends or is stopped, log totals.
     Throughout, it holds the results lock of every SQLite sink it writes (``iotml run`` refuses to delete them)."""
     with hold_results(sqlite_paths(config.sinks, config.work_path)):
-        version = resolve_model_version(config.model.uri, config.tracking_uri, config.work_path / "models")
+        version = resolve_model_version(config.model.uri, config.tracking_uri, config.work_path / "models",
+                                        config.model.vertex)
         rules = event_rules(config, version)
         LOG.info("streaming with %s v%s from %s into %s", version.name, version.version, config.source.kind,
                  ", ".join(f"{name} ({settings.kind})" for name, settings in config.sinks.items()))

@@ -18,11 +18,24 @@ VERSIONS = {
     "mlflow": lambda fixture, path: mlflow_flavours.sklearn_classifier(path, fixture("trained").version)[0],
     "transformers": lambda fixture, path: fixture("trained_forecaster").version,
     "http_endpoint": lambda fixture, path: fixture("trained").version,
+    "vertex_endpoint": lambda fixture, path: fixture("trained").version,
 }
 # what a kind needs beyond its version: where a remote kind's model is served
 SETTINGS = {
     "http_endpoint": lambda fixture: {"url": fixture("served_model").url},
+    "vertex_endpoint": lambda fixture: vertex_endpoint(*fixture("vertex_deployment")),
 }
+
+
+def vertex_project(stand_in) -> dict:
+    """``model.vertex`` for the local Vertex AI stand-in."""
+    return {"project": stand_in.project, "location": stand_in.location, "api_endpoint": stand_in.url,
+            "credentials": "anonymous", "staging_bucket": "gs://stage-bucket"}
+
+
+def vertex_endpoint(stand_in, endpoint) -> dict:
+    """The settings of an endpoint on the local Vertex AI stand-in."""
+    return {"endpoint_id": endpoint.name, "vertex": vertex_project(stand_in)}
 
 
 def test_every_registered_kind_is_exercised():
