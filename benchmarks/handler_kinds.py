@@ -8,7 +8,9 @@ each serving a model over the same feature spec and MLTransform artifacts:
 - ``transformers``: the PatchTST forecaster over 16 lagged readings per sensor (its own feature spec and transform),
   trained the same way;
 - ``http_endpoint``: the autoencoder again, scored by ``mlflow models serve`` of its version on this machine (one
-  uvicorn worker; the stream's JSON requests and the server's parsing are what it adds).
+  uvicorn worker; the stream's JSON requests and the server's parsing are what it adds);
+- ``vertex_endpoint``: the same model server behind the local Vertex AI stand-in (``remote_endpoint.py``): the
+  Vertex client's and the stand-in's overhead on top of it, not Vertex AI's.
 
 Steady-state events per second as ``replay_throughput.py`` measures them (first to last prediction batch), one
 worker, median of ``--runs``. Last output line is JSON: ``{"events": N, "torch_eps": x, "mlflow_eps": y, ...}``.
@@ -33,7 +35,9 @@ from inference_pipeline.runtime.run import event_rules  # noqa: E402
 from model_handlers.kinds import HANDLERS  # noqa: E402
 from replay_throughput import run_pipeline, train_version, write_events  # noqa: E402
 from tests.mlflow_flavours import sklearn_classifier  # noqa: E402
+from remote_endpoint import vertex_deployment  # noqa: E402
 from tests.model_servers import ModelServer  # noqa: E402
+from tests.vertex_stand_in import vertex_stand_in  # noqa: E402
 
 
 TRANSFORMER = {"training.model": "patchtst", "features.lags": 16, "model.handler": "transformers"}
@@ -51,9 +55,13 @@ def main() -> None:
         work = Path(tmp)
         torch_version = train_version(work / "train")
         versions = {"torch": torch_version, "mlflow": sklearn_classifier(work / "mlflow", torch_version)[0],
-                    "transformers": train_version(work / "transformer", TRANSFORMER), "http_endpoint": torch_version}
-        with ModelServer(str(torch_version.path), None, work / "serve.log") as server:
-            settings = {"http_endpoint": {"url": server.url}}
+                    "transformers": train_version(work / "transformer", TRANSFORMER), "http_endpoint": torch_version,
+                    "vertex_endpoint": torch_version}
+        with ModelServer(str(torch_version.path), None, work / "serve.log") as server, \
+                vertex_stand_in(staging_bucket="gs://bench") as stand_in:
+            vertex = vertex_deployment(stand_in, torch_version, server, 2048)
+            settings = {"http_endpoint": {"url": server.url},
+                        "vertex_endpoint": vertex.model_dump(include={"endpoint_id", "vertex", "max_batch_size"})}
             missing = {kind.model_fields["handler"].default for kind in HANDLERS} - set(versions)
             if missing:
                 raise SystemExit(f"no benchmark model for handler kinds {sorted(missing)}")

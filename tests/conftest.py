@@ -82,11 +82,13 @@ def trained_forecaster(tmp_path_factory) -> Trained:
 
 @pytest.fixture(scope="session")
 def served_model(trained, tmp_path_factory):
-    """``mlflow models serve`` of the trained fixture's registered champion (a real model server process)."""
+    """``mlflow models serve`` of the trained fixture's registered version (a real model server process; pinned by
+    number: a test moves the fixture's champion)."""
     from tests.model_servers import ModelServer
 
     log = tmp_path_factory.mktemp("model-server") / "serve.log"
-    with ModelServer(trained.config.model.uri, trained.config.tracking_uri, log) as server:
+    uri = f"models:/{trained.version.name}/{trained.version.version}"
+    with ModelServer(uri, trained.config.tracking_uri, log) as server:
         yield server
 
 

@@ -38,8 +38,10 @@ class ModelServer:
     def start(self, timeout_s: float = 120) -> ModelServer:
         # the server execs ``uvicorn`` by name: this environment's bin folder first on its PATH
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ['PATH']}"}
-        if self.tracking_uri:
-            env["MLFLOW_TRACKING_URI"] = self.tracking_uri
+        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # mlflow.set_*_uri in a test sets them
+            env.pop(variable, None)
+            if self.tracking_uri:
+                env[variable] = self.tracking_uri
         with self.log.open("a") as log:
             self.process = subprocess.Popen(
                 [str(MLFLOW), "models", "serve", "-m", self.model_uri, "--env-manager", "local", "-h", "127.0.0.1",

@@ -16,7 +16,8 @@ from model_handlers.vertex import (VertexProject, is_vertex_uri, parse_vertex_ur
                                    vertex_registry_version)
 from tests.registry_versions import variant
 from tests.vertex_stand_in import StoredObject, VertexStandIn, vertex_stand_in
-from training.vertex_register import VertexServing, VertexVersion, mirror_aliases, upload_version
+from training.settings import VertexServing
+from training.vertex_register import VertexVersion, mirror_aliases, upload_version
 
 BUCKET = "gs://stage-bucket"
 SERVING = VertexServing(image_uri="europe-docker.pkg.dev/test-project/serving/iot-anomaly:1")

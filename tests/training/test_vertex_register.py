@@ -11,9 +11,10 @@ from pydantic import ValidationError
 
 from model_handlers.model_version import ModelVersion
 from model_handlers.vertex import VertexProject
-from tests.registry_versions import variant
+from tests.registry_versions import register, variant
 from tests.vertex_stand_in import VertexStandIn, vertex_stand_in
-from training.vertex_register import (VertexServing, deploy_version, mirror_aliases, mlflow_aliases, upload_version)
+from training.settings import VertexServing
+from training.vertex_register import deploy_version, mirror_aliases, mlflow_aliases, upload_version
 
 BUCKET = "gs://stage-bucket"
 IMAGE = "europe-docker.pkg.dev/test-project/serving/iot-anomaly:1"
@@ -109,7 +110,7 @@ def test_uploading_a_version_again_returns_it_with_the_aliases(stand_in, project
         upload_version(changed, project, SERVING)
 
 
-def test_mirror_aliases_moves_them_to_match_mlflow(stand_in, project, versions, trained):
+def test_mirror_aliases_moves_them_to_match_mlflow(stand_in, project, versions, tmp_path):
     first, second = versions
     upload_version(first, project, SERVING, aliases=["champion"])
     upload_version(second, project, SERVING, aliases=["challenger", "stable"])
@@ -121,8 +122,10 @@ def test_mirror_aliases_moves_them_to_match_mlflow(stand_in, project, versions, 
         {"versionAliases": ["challenger"]}, {"versionAliases": ["champion", "-stable"]}]
     assert stand_in.requests_to(":mergeVersionAliases")[0].path.endswith("/models/1001@1:mergeVersionAliases")
 
-    registry = mlflow_aliases(trained.config.tracking_uri, first.name)
-    assert "champion" in registry[first.version]
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"  # its own: other tests move the trained fixture's champion
+    register(tracking, tmp_path, first.name, first)
+    registry = mlflow_aliases(tracking, first.name)
+    assert registry == {"1": ("champion",)} and first.version == "1"
     mirror_aliases("iot-anomaly", registry, project)
     assert aliases_by_version(stand_in)["1"] == ["champion", "default"]
     assert aliases_by_version(stand_in)["2"] == []
