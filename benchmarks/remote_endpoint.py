@@ -62,7 +62,8 @@ def vertex_deployment(stand_in, version, server: ModelServer, max_rows: int) -> 
 
     project = VertexProject(project=stand_in.project, location=stand_in.location, api_endpoint=stand_in.url,
                             credentials="anonymous", staging_bucket="gs://bench")
-    uploaded = upload_version(version, project, VertexServing(image_uri="local/iot-anomaly:bench"))
+    registered = version.with_identity(version.name, "1")  # train_version registers it first in a fresh registry
+    uploaded = upload_version(registered, project, VertexServing(image_uri="local/iot-anomaly:bench"))
     deployment = deploy_version(uploaded, project, endpoint_display_name="bench")
     session = requests.Session()
     stand_in.register_predictor(uploaded.model_id, lambda instances, parameters: session.post(
