@@ -50,7 +50,9 @@ class HttpEndpointSettings(ModelSettings):
     (``{"instances": [{feature: value, ...}, ...]}``) or ``inputs`` (``{"inputs": [[values], ...]}``, the spec's
     feature order); ``timeout_s``: per request; ``num_retries``: retries of a request that timed out or got a
     5xx/429 answer, with exponential backoff; ``throttle_delay_s``: how long the client-side throttler holds a request
-    when the endpoint is failing; ``min/max_batch_size``: feature rows per request; ``headers_from_env``: request
+    when the endpoint is failing; ``min/max_batch_size``: feature rows per request, gathered from a bundle's device
+    batches (a bundle's last request takes what is left: a live bundle is one request; each request costs the
+    endpoint's fixed overhead, milliseconds, so few large ones); ``headers_from_env``: request
     headers whose values come from environment variables (``{"Authorization": "IOTML_ENDPOINT_AUTH"}``), so no secret
     sits in a config file; ``verify_transform``: refuse answers that do not name the transform they belong to."""
 
@@ -60,7 +62,7 @@ class HttpEndpointSettings(ModelSettings):
     timeout_s: float = Field(10.0, gt=0)
     num_retries: int = Field(4, ge=0)
     throttle_delay_s: int = Field(5, ge=1)
-    min_batch_size: int = Field(1, ge=1)
+    min_batch_size: int = Field(2048, ge=1)
     max_batch_size: int = Field(2048, ge=1)
     headers_from_env: dict[str, str] = {}
     verify_transform: bool = True

@@ -37,7 +37,7 @@ class VertexEndpointSettings(ModelSettings):
     handler: Literal["vertex_endpoint"] = "vertex_endpoint"
     endpoint_id: str
     private: bool = False
-    min_batch_size: int = Field(1, ge=1)
+    min_batch_size: int = Field(1000, ge=1)
     max_batch_size: int = Field(1000, ge=1)
     num_retries: int = Field(4, ge=0)
     verify_transform: bool = True

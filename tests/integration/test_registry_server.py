@@ -25,7 +25,9 @@ from model_handlers.resolve import resolve_model_version
 from tests.integration.test_mqtt_live import (REPO, Stream, fleet_devices, free_port, kill, reachable,  # noqa: F401
                                               shared_broker, wait_until)
 from tests.registry_versions import register, variant
+from inference_pipeline.cli import main
 from training.register import check_tracking_server, promote_version, show_version
+from training.simulate import simulate_fleet, write_frame
 
 pytestmark = pytest.mark.services
 
@@ -96,6 +98,19 @@ def test_the_database_password_reaches_the_server_only_as_pgpassword(tmp_path):
     assert libpq.render_as_string(hide_password=False) == "postgresql+psycopg://iotml@db.plant:6543/iotml_registry"
 
 
+def _train_through(tracking: str, folder: Path) -> None:
+    """`iotml train` with the server as its tracking URI: the run, its metrics and plots, and the version go there."""
+    start = 1767225600.0
+    write_frame(simulate_fleet(3, 1200, seed=5, start=start, fault_rate=0), folder / "train.csv")
+    write_frame(simulate_fleet(3, 600, seed=5, start=start + 1200, fault_rate=4), folder / "eval.csv")
+    assert main(["train", "--train-data", str(folder / "train.csv"), "--eval-data", str(folder / "eval.csv"),
+                 "--work-dir", str(folder / "train-work"), "--set", "training.epochs=3",
+                 "--set", f"model.tracking_uri={tracking}", "--set", "model.uri=models:/server-trained@champion"]) == 0
+    version = show_version(tracking, "server-trained", "1")
+    assert version.source.startswith("mlflow-artifacts:/") and "champion" in version.aliases
+    assert "eval_f1" in version.metrics and not (folder / "train-work" / "mlartifacts").exists()
+
+
 def _timed(action):
     began = time.monotonic()
     return action(), time.monotonic() - began
@@ -117,6 +132,7 @@ def test_versions_register_resolve_and_hot_swap_through_the_server(shared_broker
                                                                     tmp_path / "cache"))
         assert (resolved.version, resolved.threshold) == ("1", first.threshold)
         assert "GET /api/2.0/mlflow-artifacts/artifacts/" in server.log.read_text()
+        _, train_s = _timed(lambda: _train_through(tracking, tmp_path))
 
         stream = Stream(tmp_path, shared_broker[1], first.path, fleet_devices)
         stream.overrides.update({"model.uri": f"models:/{NAME}@champion", "model.tracking_uri": tracking,
@@ -143,7 +159,8 @@ def test_versions_register_resolve_and_hot_swap_through_the_server(shared_broker
     versions = [row[2] for row in rows]
     switched_at = min(row[1] for row in rows if row[2] == "2")
     print(f"\nregistry server: answered {started_s:.1f} s after launch (training alongside); {register_s:.2f} s per "
-          f"version registered, champion downloaded in {download_s:.2f} s; hot swap: published {published}, "
+          f"version registered, champion downloaded in {download_s:.2f} s, iotml train through it {train_s:.1f} s; "
+          f"hot swap: published {published}, "
           f"predictions {len(rows)} "
           f"({distinct} distinct), v1 {versions.count('1')}, v2 {versions.count('2')}, served "
           f"{switched_at - promoted_at:.1f} s after promote (watch_s {WATCH_S}), dead letters "
