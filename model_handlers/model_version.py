@@ -14,9 +14,13 @@ Nothing here imports a framework: remote handler kinds read a version without to
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +98,22 @@ class ModelVersion:
     def with_identity(self, name: str, version: str) -> ModelVersion:
         """The same version labelled with the registry's name and version."""
         return dataclasses.replace(self, meta={**self.meta, "name": name, "version": version})
+
+
+def download_version(target: Path, fetch: Callable[[Path], Path]) -> None:
+    """A version's files into ``target``, whole or not at all: ``fetch(folder)`` downloads them into a new folder
+    beside ``target`` and returns the version's folder within it, which is renamed to ``target``, so worker
+    processes resolving the same version at once never open a half-written folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        folder = fetch(partial)
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        with contextlib.suppress(OSError):  # another process renamed its copy first: theirs is as good
+            folder.rename(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def write_model_version(path: Path, spec: FeatureSpec, architecture: dict[str, Any], threshold: float,

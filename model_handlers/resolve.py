@@ -2,14 +2,11 @@
 here, Vertex AI's (vertex:<model>@<alias>, vertex:<model>/<version id>) in ``model_handlers.vertex``."""
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from model_handlers.manifest import MANIFEST_TAG, UntrustedModelError
-from model_handlers.model_version import ModelVersion
+from model_handlers.model_version import ModelVersion, download_version
 from model_handlers.vertex import (VertexProject, is_vertex_uri, parse_vertex_uri, resolve_vertex_version,
                                    vertex_registry_version)
 
@@ -67,23 +64,16 @@ def _registry_version(uri: str, tracking_uri: str):
 
 
 def _download(source: str, tracking_uri: str, target: Path) -> None:
-    """The version's files into ``target``, whole or not at all: downloaded beside it and renamed, so a stream's
-    worker processes resolving the same version at once never open a half-written folder."""
+    """The registered version's artifacts into ``target`` (``download_version``: whole or not at all)."""
     import mlflow
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    def fetch(partial: Path) -> Path:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(partial))
         found = list(partial.iterdir())
-        folder = found[0] if len(found) == 1 and found[0].is_dir() else partial
-        if target.is_dir() and not any(target.iterdir()):
-            target.rmdir()
-        with contextlib.suppress(OSError):  # another process renamed its copy first: theirs is as good
-            folder.rename(target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        return found[0] if len(found) == 1 and found[0].is_dir() else partial
+
+    download_version(target, fetch)
 
 
 def registry_version(uri: str, tracking_uri: str, vertex: VertexProject | None = None) -> str:

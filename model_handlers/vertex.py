@@ -18,10 +18,7 @@ IAM, quotas, the service's own filter, label and alias rules, and regional or pr
 """
 from __future__ import annotations
 
-import contextlib
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -29,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from model_handlers.manifest import UntrustedModelError
-from model_handlers.model_version import META, ModelVersion
+from model_handlers.model_version import META, ModelVersion, download_version
 
 SCHEME = "vertex:"
 DEFAULT_ALIAS = "default"
@@ -200,26 +197,21 @@ def _relative(name: str, prefix: str, uri: str) -> PurePosixPath | None:
 
 
 def _download(artifact_uri: str, target: Path, project: VertexProject) -> None:
-    """Every object under ``artifact_uri`` into ``target``, whole or not at all: downloaded beside it and renamed,
-    so processes resolving the same version at once never open a half-written folder."""
+    """Every object under ``artifact_uri`` into ``target`` (``download_version``: whole or not at all)."""
     from google.cloud import storage
 
     bucket, prefix = _split_gs(artifact_uri)
     client = storage.Client(project=project.project, credentials=credentials_of(project))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+
+    def fetch(partial: Path) -> Path:
         for blob in client.list_blobs(bucket, prefix=prefix):
             relative = _relative(blob.name, prefix, artifact_uri)
             if relative is not None:
                 (partial / relative).parent.mkdir(parents=True, exist_ok=True)
                 blob.download_to_filename(str(partial / relative))
-        if target.is_dir() and not any(target.iterdir()):
-            target.rmdir()
-        with contextlib.suppress(OSError):  # another process renamed its copy first: theirs is as good
-            partial.rename(target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        return partial
+
+    download_version(target, fetch)
 
 
 def resolve_vertex_version(uri: str, project: VertexProject, cache_dir: Path) -> ModelVersion:

@@ -93,27 +93,42 @@ def served_model(trained, tmp_path_factory):
 
 
 @pytest.fixture
-def vertex_deployment(trained, served_model):
+def stand_in():
+    """A local stand-in of the Vertex AI and Cloud Storage APIs, the real clients pointed at it
+    (``tests/vertex_stand_in.py``)."""
+    from tests.vertex_stand_in import vertex_stand_in
+
+    with vertex_stand_in(staging_bucket="gs://stage-bucket") as server:
+        yield server
+
+
+@pytest.fixture
+def project(stand_in):
+    """``model.vertex`` of the stand-in, as the settings object."""
+    from model_handlers.vertex import VertexProject
+
+    return VertexProject(**stand_in.model_settings())
+
+
+@pytest.fixture
+def vertex_deployment(trained, served_model, stand_in):
     """A local Vertex AI stand-in (``tests/vertex_stand_in.py``) with the trained version uploaded and deployed on an
     endpoint, its predictions answered by ``served_model`` as Vertex forwards them to a custom serving container;
     (stand-in, endpoint)."""
     import requests
     from google.cloud import aiplatform
 
-    from tests.vertex_stand_in import vertex_stand_in
-
     def container(instances, parameters):
         answer = requests.post(served_model.url, json={"instances": instances}, timeout=30)
         answer.raise_for_status()
         return answer.json()["predictions"]
 
-    with vertex_stand_in(staging_bucket="gs://stage-bucket") as stand_in:
-        model = aiplatform.Model.upload(
-            display_name="iot-anomaly", artifact_uri=str(trained.version.path),
-            serving_container_image_uri="europe-docker.pkg.dev/test-project/serving/iot-anomaly:1",
-            serving_container_predict_route="/invocations", serving_container_health_route="/ping",
-            serving_container_ports=[8080])
-        endpoint = aiplatform.Endpoint.create(display_name="line-a")
-        endpoint.deploy(model, machine_type="n1-standard-4", min_replica_count=1, max_replica_count=1)
-        stand_in.register_predictor(model.name, container)
-        yield stand_in, endpoint
+    model = aiplatform.Model.upload(
+        display_name="iot-anomaly", artifact_uri=str(trained.version.path),
+        serving_container_image_uri="europe-docker.pkg.dev/test-project/serving/iot-anomaly:1",
+        serving_container_predict_route="/invocations", serving_container_health_route="/ping",
+        serving_container_ports=[8080])
+    endpoint = aiplatform.Endpoint.create(display_name="line-a")
+    endpoint.deploy(model, machine_type="n1-standard-4", min_replica_count=1, max_replica_count=1)
+    stand_in.register_predictor(model.name, container)
+    yield stand_in, endpoint

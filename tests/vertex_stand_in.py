@@ -224,6 +224,11 @@ class VertexStandIn:
         """``http://127.0.0.1:PORT``: the ``api_endpoint`` for aiplatform and the ``STORAGE_EMULATOR_HOST``."""
         return f"http://127.0.0.1:{self.port}"
 
+    def model_settings(self, staging_bucket: str = "gs://stage-bucket") -> dict[str, str]:
+        """``model.vertex`` (``VertexProject``) pointing at the stand-in."""
+        return {"project": self.project, "location": self.location, "api_endpoint": self.url,
+                "credentials": "anonymous", "staging_bucket": staging_bucket}
+
     def init_aiplatform(self, **kwargs: Any) -> None:
         """``aiplatform.init`` pointed at the stand-in (REST transport, anonymous credentials); kwargs pass through
         (e.g. ``staging_bucket``)."""

@@ -27,15 +27,9 @@ SETTINGS = {
 }
 
 
-def vertex_project(stand_in) -> dict:
-    """``model.vertex`` for the local Vertex AI stand-in."""
-    return {"project": stand_in.project, "location": stand_in.location, "api_endpoint": stand_in.url,
-            "credentials": "anonymous", "staging_bucket": "gs://stage-bucket"}
-
-
 def vertex_endpoint(stand_in, endpoint) -> dict:
     """The settings of an endpoint on the local Vertex AI stand-in."""
-    return {"endpoint_id": endpoint.name, "vertex": vertex_project(stand_in)}
+    return {"endpoint_id": endpoint.name, "vertex": stand_in.model_settings()}
 
 
 def test_every_registered_kind_is_exercised():

@@ -12,12 +12,11 @@ from google.cloud.aiplatform import initializer
 from model_handlers.http_endpoint import EndpointRefused
 from model_handlers.torch_handler import TorchAnomalyHandler
 from model_handlers.vertex_endpoint import VertexEndpointSettings, vertex_endpoint_handler
-from tests.inference_pipeline.test_handler_kinds import vertex_project
 from tests.model_handlers.test_http_endpoint import feature_batches
 
 def settings(stand_in, endpoint, version, **more):
     return VertexEndpointSettings(uri=str(version.path), endpoint_id=endpoint.name, **more,
-                                  vertex=vertex_project(stand_in))
+                                  vertex=stand_in.model_settings())
 
 
 def test_vertex_endpoint_predictions_equal_the_local_handlers(trained, vertex_deployment):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,24 +14,12 @@ from model_handlers.model_version import ModelVersion
 from model_handlers.vertex import (VertexProject, is_vertex_uri, parse_vertex_uri, resolve_vertex_version,
                                    vertex_registry_version)
 from tests.registry_versions import variant
-from tests.vertex_stand_in import StoredObject, VertexStandIn, vertex_stand_in
+from tests.vertex_stand_in import StoredObject, VertexStandIn
 from training.settings import VertexServing
 from training.vertex_register import VertexVersion, mirror_aliases, upload_version
 
 BUCKET = "gs://stage-bucket"
 SERVING = VertexServing(image_uri="europe-docker.pkg.dev/test-project/serving/iot-anomaly:1")
-
-
-@pytest.fixture
-def stand_in() -> Iterator[VertexStandIn]:
-    with vertex_stand_in(staging_bucket=BUCKET) as server:
-        yield server
-
-
-@pytest.fixture
-def project(stand_in: VertexStandIn) -> VertexProject:
-    return VertexProject(project=stand_in.project, location=stand_in.location, staging_bucket=BUCKET,
-                         api_endpoint=stand_in.url, credentials="anonymous")
 
 
 @pytest.fixture

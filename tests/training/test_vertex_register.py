@@ -2,7 +2,6 @@
 aiplatform and storage clients against the local stand-in (``tests/vertex_stand_in.py``)."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from pydantic import ValidationError
 from model_handlers.model_version import ModelVersion
 from model_handlers.vertex import VertexProject
 from tests.registry_versions import register, variant
-from tests.vertex_stand_in import VertexStandIn, vertex_stand_in
+from tests.vertex_stand_in import VertexStandIn
 from training.settings import VertexServing
 from training.vertex_register import deploy_version, mirror_aliases, mlflow_aliases, upload_version
 
@@ -20,18 +19,6 @@ BUCKET = "gs://stage-bucket"
 IMAGE = "europe-docker.pkg.dev/test-project/serving/iot-anomaly:1"
 SERVING = VertexServing(image_uri=IMAGE, env={"MLFLOW_MODEL_NAME": "iot-anomaly"})
 T4 = int(aiplatform.gapic.AcceleratorType.NVIDIA_TESLA_T4)  # enums travel as integers (enum-encoding=int)
-
-
-@pytest.fixture
-def stand_in() -> Iterator[VertexStandIn]:
-    with vertex_stand_in(staging_bucket=BUCKET) as server:
-        yield server
-
-
-@pytest.fixture
-def project(stand_in: VertexStandIn) -> VertexProject:
-    return VertexProject(project=stand_in.project, location=stand_in.location, staging_bucket=BUCKET,
-                         api_endpoint=stand_in.url, credentials="anonymous")
 
 
 @pytest.fixture

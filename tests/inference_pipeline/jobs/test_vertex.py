@@ -13,9 +13,7 @@ from inference_pipeline.config import load_config
 from model_handlers.kinds import served_fleet
 from model_handlers.resolve import resolve_model_version
 from tests.conftest import REPO
-from tests.inference_pipeline.test_handler_kinds import vertex_project
 from tests.registry_versions import register, variant
-from tests.vertex_stand_in import vertex_stand_in
 from training.register import promote_version
 from training.simulate import simulate_fleet, write_frame
 
@@ -23,15 +21,9 @@ IMAGE = "europe-docker.pkg.dev/test-project/serving/iot-anomaly:1"
 T4 = 5  # AcceleratorType.NVIDIA_TESLA_T4: the REST client sends enums as integers
 
 
-@pytest.fixture
-def stand_in():
-    with vertex_stand_in(staging_bucket="gs://stage-bucket") as server:
-        yield server
-
-
 def settings_of(stand_in, work, **more) -> list[str]:
     """CLI arguments: the work dir, and the stand-in as ``model.vertex`` with a serving container."""
-    args = ["--work-dir", str(work), "--set", f"model.vertex={json.dumps(vertex_project(stand_in))}",
+    args = ["--work-dir", str(work), "--set", f"model.vertex={json.dumps(stand_in.model_settings())}",
             "--set", f"training.vertex_serving={json.dumps({'image_uri': IMAGE})}"]
     for field, value in more.items():
         args += ["--set", f"{field}={json.dumps(value)}"]
@@ -68,7 +60,7 @@ def test_upload_promote_mirror_and_follow_the_vertex_alias(stand_in, trained, tm
     assert main(["vertex", "upload", "line-a", *common]) == 0  # the champion, v1
     assert capsys.readouterr().out.splitlines() == ["line-a v1 (vertex:1001/1) aliases: champion"]
     model = load_config(REPO / "configs" / "local.yaml", {"model": {
-        "uri": "vertex:line-a@champion", "vertex": vertex_project(stand_in), "tracking_uri": tracking}}).model
+        "uri": "vertex:line-a@champion", "vertex": stand_in.model_settings(), "tracking_uri": tracking}}).model
     version = resolve_model_version(model.uri, tracking, tmp_path / "cache", model.vertex)
     served = served_fleet(model, version, tracking, tmp_path / "cache").default
     assert served.watching and served.check_promotion().version == "1"
