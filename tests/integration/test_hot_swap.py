@@ -4,6 +4,8 @@ its threshold with its weights; nothing is lost or predicted twice, and every pr
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +20,29 @@ NAME = "swap"
 WATCH_S = 2
 
 
+def promote_and_wait(tracking: str, name: str, version: str, process, log) -> float:
+    """Promote ``version`` and wait until the stream serves it; when it was promoted."""
+    promoted_at = time.time()
+    promote_version(tracking, name, version)
+    wait_until(lambda: f"now serving {name}/{version}" in log.read_text(), 60, process, log)
+    return promoted_at
+
+
+def publish_while(stream: Stream, process, log, action: Callable[[], Any], rate: float = 500, seconds: float = 10
+                  ) -> tuple[int, dict[str, int], Any]:
+    """Warm up, publish ``rate`` events/s for ``seconds`` and run ``action`` 2 s in; drain once every event is
+    predicted: (events published, the stream's totals, what ``action`` returned)."""
+    warm = stream.warm_up(process, log)
+    reports = []
+    feeder = threading.Thread(target=lambda: reports.append(stream.publish(rate=rate, seconds=seconds)))
+    feeder.start()
+    time.sleep(2)
+    returned = action()
+    feeder.join(60)
+    published = warm.published + reports[0].published
+    return published, stream.drain_when_predicted(process, log, published, settle_s=1), returned
+
+
 def test_a_promotion_mid_stream_is_served_without_a_restart(shared_broker, trained, tmp_path, fleet_devices):
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = trained.version
@@ -28,20 +53,14 @@ def test_a_promotion_mid_stream_is_served_without_a_restart(shared_broker, train
     stream.overrides.update({"model.uri": f"models:/{NAME}@champion", "model.tracking_uri": tracking,
                              "model.watch_s": WATCH_S, "work_dir": str(tmp_path / "work")})
     process, log = stream.start()
-    try:
-        warm = stream.warm_up(process, log)
-        reports = []
-        feeder = threading.Thread(target=lambda: reports.append(stream.publish(rate=500, seconds=16)))
-        feeder.start()
-        time.sleep(2)
+
+    def promotions() -> float:
         promote_version(tracking, NAME, "3")
         wait_until(lambda: f"refused {NAME}/3" in log.read_text(), 30, process, log)
-        promoted_at = time.time()
-        promote_version(tracking, NAME, "2")
-        wait_until(lambda: f"now serving {NAME}/2" in log.read_text(), 60, process, log)
-        feeder.join(60)
-        published = warm.published + reports[0].published
-        totals = stream.drain_when_predicted(process, log, published, settle_s=1)
+        return promote_and_wait(tracking, NAME, "2", process, log)
+
+    try:
+        published, totals, promoted_at = publish_while(stream, process, log, promotions, seconds=16)
     finally:
         kill(process)
     with sqlite3.connect(stream.db) as db:

@@ -11,7 +11,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,14 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from inference_pipeline.cli import main
 from inference_pipeline.jobs.registry_server import (ServerOptions, backend_store, server_command, server_environment,
                                                      wait_until_healthy)
 from model_handlers.resolve import resolve_model_version
+from tests.integration.test_hot_swap import promote_and_wait, publish_while
 from tests.integration.test_mqtt_live import (REPO, Stream, fleet_devices, free_port, kill, reachable,  # noqa: F401
                                               shared_broker, wait_until)
 from tests.registry_versions import register, variant
-from inference_pipeline.cli import main
-from training.register import check_tracking_server, promote_version, show_version
+from training.register import check_tracking_server, show_version
 from training.simulate import simulate_fleet, write_frame
 
 pytestmark = pytest.mark.services
@@ -139,17 +139,8 @@ def test_versions_register_resolve_and_hot_swap_through_the_server(shared_broker
                                  "model.watch_s": WATCH_S, "work_dir": str(tmp_path / "work")})
         process, log = stream.start()
         try:
-            warm = stream.warm_up(process, log)
-            reports = []
-            feeder = threading.Thread(target=lambda: reports.append(stream.publish(rate=500, seconds=10)))
-            feeder.start()
-            time.sleep(2)
-            promoted_at = time.time()
-            promote_version(tracking, NAME, "2")
-            wait_until(lambda: f"now serving {NAME}/2" in log.read_text(), 60, process, log)
-            feeder.join(60)
-            published = warm.published + reports[0].published
-            totals = stream.drain_when_predicted(process, log, published, settle_s=1)
+            published, totals, promoted_at = publish_while(
+                stream, process, log, lambda: promote_and_wait(tracking, NAME, "2", process, log))
         finally:
             kill(process)
     with sqlite3.connect(stream.db) as db:
