@@ -43,6 +43,29 @@ def publish_while(stream: Stream, process, log, action: Callable[[], Any], rate:
     return published, stream.drain_when_predicted(process, log, published, settle_s=1), returned
 
 
+def swapped_predictions(stream: Stream, published: int, totals: dict[str, int], promoted_at: float,
+                        devices: list[str], within_s: float) -> tuple[list[tuple], str]:
+    """Checks a stream's swap from version 1 to 2: every event predicted once, no dead letters, version 2 served
+    within ``within_s`` of the promotion, each device's events on version 1 then 2, never back. The predictions
+    (device, event time, processing time, version, raw score, anomaly score) and a summary line."""
+    with sqlite3.connect(stream.db) as db:
+        rows = db.execute("SELECT device_id, event_time, processing_time, model_version, raw_score, anomaly_score "
+                          "FROM predictions ORDER BY device_id, event_time").fetchall()
+        distinct = db.execute("SELECT COUNT(DISTINCT event_id) FROM predictions").fetchone()[0]
+    versions = [row[3] for row in rows]
+    switched_at = min(row[2] for row in rows if row[3] == "2")
+    summary = (f"published {published}, predictions {len(rows)} ({distinct} distinct), v1 {versions.count('1')}, "
+               f"v2 {versions.count('2')}, served {switched_at - promoted_at:.1f} s after promote (watch_s "
+               f"{WATCH_S}), dead letters {totals['dead_letters']}, duplicates dropped {totals['duplicates']}")
+    assert len(rows) == distinct == published and totals["dead_letters"] == 0, summary
+    assert set(versions) == {"1", "2"} and versions.count("2") > 500, summary
+    assert switched_at - promoted_at < within_s, summary
+    for device in devices:  # each device's events: version 1, then version 2, never back
+        sequence = [row[3] for row in rows if row[0] == device]
+        assert sequence == sorted(sequence), device
+    return rows, summary
+
+
 def test_a_promotion_mid_stream_is_served_without_a_restart(shared_broker, trained, tmp_path, fleet_devices):
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = trained.version
@@ -63,25 +86,12 @@ def test_a_promotion_mid_stream_is_served_without_a_restart(shared_broker, train
         published, totals, promoted_at = publish_while(stream, process, log, promotions, seconds=16)
     finally:
         kill(process)
-    with sqlite3.connect(stream.db) as db:
-        rows = db.execute("SELECT device_id, event_time, processing_time, model_version, raw_score, anomaly_score "
-                          "FROM predictions ORDER BY device_id, event_time").fetchall()
-        distinct = db.execute("SELECT COUNT(DISTINCT event_id) FROM predictions").fetchone()[0]
-    versions = [row[3] for row in rows]
-    switched_at = min(row[2] for row in rows if row[3] == "2")
-    print(f"\nhot swap: published {published}, predictions {len(rows)} ({distinct} distinct), v1 {versions.count('1')}"
-          f", v2 {versions.count('2')}, served {switched_at - promoted_at:.1f} s after promote (watch_s {WATCH_S}), "
-          f"dead letters {totals['dead_letters']}, duplicates dropped {totals['duplicates']}")
-    assert len(rows) == distinct == published and totals["dead_letters"] == 0
-    assert set(versions) == {"1", "2"} and versions.count("2") > 500
-    assert switched_at - promoted_at < 60
+    rows, summary = swapped_predictions(stream, published, totals, promoted_at, fleet_devices, within_s=60)
+    print(f"\nhot swap: {summary}")
     log_text = log.read_text()
     assert "feature spec differs from the running graph's: window" in log_text and "still serving swap/1" in log_text
-    for device in fleet_devices:  # each device's events: version 1, then version 2, never back
-        sequence = [row[3] for row in rows if row[0] == device]
-        assert sequence == sorted(sequence), device
     raw, score = np.array([row[4] for row in rows]), np.array([row[5] for row in rows])
     implied = raw * (1 - score) / score  # anomaly score = raw / (raw + the version's threshold)
     for version, threshold in (("1", first.threshold), ("2", second.threshold)):
-        mine = (np.array(versions) == version) & (score > 0.01) & (score < 0.99)
+        mine = (np.array([row[3] for row in rows]) == version) & (score > 0.01) & (score < 0.99)
         assert mine.sum() > 100 and np.allclose(implied[mine], threshold, rtol=1e-3), version

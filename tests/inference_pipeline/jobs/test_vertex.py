@@ -51,12 +51,19 @@ def test_train_with_the_vertex_registry_then_stream_from_it(stand_in, tmp_path, 
     assert (count, names) == (900, "iot-anomaly/1")
 
 
-def test_upload_promote_mirror_and_follow_the_vertex_alias(stand_in, trained, tmp_path, capsys):
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def two_versions(stand_in, trained, folder, name: str, factor: float) -> tuple[str, list[str]]:
+    """The trained version and one with ``factor`` times its threshold registered as v1 (champion) and v2 of
+    ``name`` in a registry of their own; (its tracking URI, the CLI arguments pointing at it and the stand-in)."""
+    tracking = f"sqlite:///{folder / 'mlflow.db'}"
     first = trained.version
-    for version in (first, variant(first, tmp_path / "v2", threshold=4 * first.threshold)):
-        register(tracking, tmp_path, "line-a", version)
-    common = settings_of(stand_in, tmp_path / "work", **{"model.tracking_uri": tracking})
+    for version in (first, variant(first, folder / "v2", threshold=factor * first.threshold)):
+        register(tracking, folder, name, version)
+    return tracking, settings_of(stand_in, folder / "work", **{"model.tracking_uri": tracking})
+
+
+def test_upload_promote_mirror_and_follow_the_vertex_alias(stand_in, trained, tmp_path, capsys):
+    first = trained.version
+    tracking, common = two_versions(stand_in, trained, tmp_path, "line-a", 4)
     assert main(["vertex", "upload", "line-a", *common]) == 0  # the champion, v1
     assert capsys.readouterr().out.splitlines() == ["line-a v1 (vertex:1001/1) aliases: champion"]
     model = load_config(REPO / "configs" / "local.yaml", {"model": {
@@ -75,11 +82,7 @@ def test_upload_promote_mirror_and_follow_the_vertex_alias(stand_in, trained, tm
 
 
 def test_deploy_on_an_accelerator_then_a_canary(stand_in, trained, tmp_path, capsys):
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = trained.version
-    for version in (first, variant(first, tmp_path / "v2", threshold=2 * first.threshold)):
-        register(tracking, tmp_path, "line-b", version)
-    common = settings_of(stand_in, tmp_path / "work", **{"model.tracking_uri": tracking})
+    _, common = two_versions(stand_in, trained, tmp_path, "line-b", 2)
     assert main(["vertex", "upload", "line-b", "1", *common]) == 0
     assert main(["vertex", "upload", "line-b", "2", *common]) == 0
     assert main(["vertex", "deploy", "vertex:line-b/1", "--endpoint-name", "line-b", "--machine-type",
