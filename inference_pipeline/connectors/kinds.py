@@ -6,6 +6,7 @@ from inference_pipeline.connectors.base import SinkFactory, SourceFactory
 from inference_pipeline.connectors.mqtt.settings import MqttSinkSettings, MqttSourceSettings
 from inference_pipeline.connectors.mqtt.sink import MqttSink
 from inference_pipeline.connectors.mqtt.source import mqtt_source
+from inference_pipeline.connectors.postgres import PostgresSettings, PostgresSink
 from inference_pipeline.connectors.pubsub import PubSubSink, PubSubSinkSettings, PubSubSourceSettings, pubsub_source
 from inference_pipeline.connectors.replay import ReplaySettings, replay_source
 from inference_pipeline.connectors.sqlite import SqliteSettings, SqliteSink
@@ -20,4 +21,5 @@ SINKS: dict[type, SinkFactory] = {
     SqliteSettings: SqliteSink,
     MqttSinkSettings: MqttSink,
     PubSubSinkSettings: PubSubSink,
+    PostgresSettings: PostgresSink,
 }
