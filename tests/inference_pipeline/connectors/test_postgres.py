@@ -12,7 +12,6 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from features.schema import DeadLetter, DeadLetterReason
-from features.window import WindowState
 from inference_pipeline.config import load_config
 from inference_pipeline.builder import LOCAL_RUNNER
 from inference_pipeline.connectors.base import SinkContext
@@ -34,12 +33,11 @@ from inference_pipeline.results import (
     PREDICTIONS,
     SHADOW_PREDICTIONS,
     TABLES,
-    DeviceResults,
-    DeviceSnapshot,
     Incident,
     PredictionBatch,
 )
 from tests.conftest import REPO
+from tests.inference_pipeline.connectors.test_sqlite import device_results
 from training.simulate import iter_payloads, simulate_fleet
 
 PG_TYPES = {"text": "text", "real": "double precision", "integer": "bigint", "json": "jsonb"}
@@ -69,14 +67,6 @@ def run(*branches):
             _ = pipeline | f"C{i}" >> beam.Create(elements) | f"W{i}" >> write_tables(settings, tables)
 
 
-def _results(ids, times, incidents=(), device="d"):
-    prediction = PredictionBatch(device, np.asarray(ids, dtype=object), np.asarray(times), np.asarray(times), 3.0,
-                                 np.zeros(len(ids)), np.zeros(len(ids)), 0.5, np.full(len(ids), 30), 30, "m", "1")
-    window = WindowState(np.array([[1.0, 2.0], [3.0, 4.0]]), float(times[-1]))
-    snapshot = DeviceSnapshot(device, window, {"open": None}, list(incidents), 100.0)
-    return DeviceResults(prediction, list(incidents), snapshot)
-
-
 def test_tables_have_exactly_the_schema_columns_types_and_keys(settings):
     with psycopg.connect(settings.dsn, autocommit=True) as connection:
         ensure_schema(connection, settings.db_schema)
@@ -98,7 +88,7 @@ def test_a_batch_is_recorded_with_its_incidents_and_device_state_and_restore_rea
     restore = pickle.loads(pickle.dumps(PostgresRestore(settings, 10)))
     assert restore.seen_ids("d", 0.0) == [] and restore.snapshot("d") is None  # no tables yet
     opened = Incident("d:1.000", "d", 1.0, None, 0.8, 3, "open", "m", "1")
-    run(([_results(["a", "b", "c"], [1.0, 2.0, 3.0], [opened]), _results(["w"], [2.5], device="other")],
+    run(([device_results(["a", "b", "c"], [1.0, 2.0, 3.0], [opened]), device_results(["w"], [2.5], device="other")],
          (PREDICTIONS, ALERTS), settings))
     assert restore.seen_ids("d", 0.0) == [("a", 1.0), ("b", 2.0), ("c", 3.0)]
     assert PostgresRestore(settings, 2).seen_ids("d", 0.0) == [("b", 2.0), ("c", 3.0)]
@@ -111,7 +101,7 @@ def test_a_batch_is_recorded_with_its_incidents_and_device_state_and_restore_rea
 
 
 def test_a_failed_write_records_nothing_of_the_batch(settings):
-    broken = _results(["a"], [1.0])
+    broken = device_results(["a"], [1.0])
     broken.incidents = [Incident("d:1.000", "d", 1.0, None, 0.8, 3, "open", "m", "1")]
     broken.incidents[0].device_id = None  # NOT NULL: the alert insert fails after the predictions insert
     with pytest.raises(Exception, match="not-null|null value"):
@@ -152,8 +142,8 @@ def test_writing_the_same_batch_twice_leaves_one_row_each(settings):
     closed = Incident("d:1.000", "d", 1.0, 9.0, 0.9, 5, "closed", "m", "1")
     letters = [DeadLetter(DeadLetterReason.BAD_JSON, "invalid JSON", "{", 1.5, None),
                DeadLetter(DeadLetterReason.BAD_JSON, "invalid JSON", "{", 2.5, None)]  # a second occurrence
-    batches = [_results(["a", "b"], [1.0, 2.0], [opened]), _results(["c"], [3.0], [closed]),
-               _results(["b", "c"], [2.0, 3.0])]  # redelivered events, in the same bundle
+    batches = [device_results(["a", "b"], [1.0, 2.0], [opened]), device_results(["c"], [3.0], [closed]),
+               device_results(["b", "c"], [2.0, 3.0])]  # redelivered events, in the same bundle
     for _ in range(2):
         run((batches, (PREDICTIONS, ALERTS), settings), (letters + letters[:1], (DEAD_LETTERS,), settings))
     assert query(settings, "SELECT COUNT(*), COUNT(DISTINCT (device_id, event_id)) FROM predictions") == [(3, 3)]
@@ -163,7 +153,7 @@ def test_writing_the_same_batch_twice_leaves_one_row_each(settings):
 
 
 def test_small_batches_commit_separately_and_record_the_same(settings):
-    batches = [_results([f"e{i}", f"f{i}"], [float(i), i + 0.5], device=f"d{i % 3}") for i in range(20)]
+    batches = [device_results([f"e{i}", f"f{i}"], [float(i), i + 0.5], device=f"d{i % 3}") for i in range(20)]
     run((batches, (PREDICTIONS,), settings.model_copy(update={"batch_rows": 3})))
     assert query(settings, "SELECT COUNT(*), COUNT(DISTINCT event_id) FROM predictions") == [(40, 40)]
     assert query(settings, "SELECT COUNT(*) FROM device_state") == [(3,)]
@@ -206,7 +196,7 @@ def test_tables_of_an_earlier_release_gain_the_new_columns_and_keys(settings):
         columns = query(settings, "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
                                   "AND table_name = %s ORDER BY ordinal_position", (schema, table.name))
         assert [row[0] for row in columns] == list(table.column_names)
-    run(([_results(["old", "new"], [1.0, 2.0])], (PREDICTIONS,), settings))
+    run(([device_results(["old", "new"], [1.0, 2.0])], (PREDICTIONS,), settings))
     assert query(settings, "SELECT event_id, event_time FROM predictions ORDER BY event_id") == [
         ("new", 2.0), ("old", None)]
 

@@ -42,7 +42,8 @@ def _prediction_rows(db, device, rows):
             [(event_id, device, ts) for event_id, ts in rows])
 
 
-def _results(ids, times, incidents=(), device="d"):
+def device_results(ids, times, incidents=(), device="d"):
+    """A device batch's results: predictions of ``ids`` at ``times``, ``incidents`` and the device's state."""
     prediction = PredictionBatch(device, np.asarray(ids, dtype=object), np.asarray(times), np.asarray(times), 3.0,
                                  np.zeros(len(ids)), np.zeros(len(ids)), 0.5, np.full(len(ids), 30), 30, "m", "1")
     window = WindowState(np.array([[1.0, 2.0], [3.0, 4.0]]), float(times[-1]))
@@ -63,7 +64,7 @@ def test_a_batch_is_recorded_with_its_incidents_and_device_state_and_restore_rea
     db = tmp_path / "results.db"
     opened = Incident("d:1.000", "d", 1.0, None, 0.8, 3, "open", "m", "1")
     with beam.Pipeline(options=PipelineOptions(runner=LOCAL_RUNNER)) as pipeline:
-        _ = (pipeline | beam.Create([_results(["a", "b"], [1.0, 2.0], [opened])])
+        _ = (pipeline | beam.Create([device_results(["a", "b"], [1.0, 2.0], [opened])])
              | write_tables(db, (PREDICTIONS, ALERTS)))
     restore = pickle.loads(pickle.dumps(SqliteRestore(db, 10)))
     assert restore.seen_ids("d", 0.0) == [("a", 1.0), ("b", 2.0)]
@@ -77,7 +78,7 @@ def test_a_batch_is_recorded_with_its_incidents_and_device_state_and_restore_rea
 
 def test_a_failed_write_records_nothing_of_the_batch(tmp_path):
     db = tmp_path / "results.db"
-    broken = _results(["a"], [1.0])
+    broken = device_results(["a"], [1.0])
     broken.incidents = [Incident("d:1.000", "d", 1.0, None, 0.8, 3, "open", "m", "1")]
     broken.incidents[0].device_id = None  # NOT NULL: the alert insert fails after the predictions insert
     with pytest.raises(Exception):
