@@ -1,6 +1,6 @@
 """The streaming pipeline, built and never run here: source -> (bounded sources on several local workers: shard by
 device) -> parse (dead letters) -> drop duplicates -> device features -> MLTransform -> RunInference -> score ->
-incidents -> sinks.
+incidents [+ per-minute summaries] -> sinks.
 
 ``create_pipeline`` is pure: it builds the graph for a config and a model version. The local run, the tests, the
 benchmarks and the Dataflow launch all call it, and the graph runs on any runner; runtime concerns (local runner
@@ -34,6 +34,7 @@ from inference_pipeline.steps.roster import FleetSettings
 from inference_pipeline.steps.score import ScorePredictions, batch_dead_letters
 from inference_pipeline.steps.shadow import ShadowScores
 from inference_pipeline.steps.shard import ShardByDevice
+from inference_pipeline.steps.summaries import SummarizeMinutes
 from model_handlers.device_groups import FleetVersions
 from model_handlers.kinds import served_fleet
 from model_handlers.model_version import ModelVersion
@@ -46,7 +47,8 @@ class Outputs:
     """The pipeline's result collections, for sinks and tests.
 
     ``results``: one ``DeviceResults`` per device batch (predictions, incident updates, the device's state);
-    ``shadow``: the challenger's (device_id, PredictionBatch) when ``model.shadow`` is set.
+    ``shadow``: the challenger's (device_id, PredictionBatch) when ``model.shadow`` is set;
+    ``minutes``: per-device per-minute summaries (``MinuteSummary``, upserted by key) when asked for.
     Dead letters stay in parts by origin (``Parse``, ``Inference``, ``Score``) rather than flattened: the
     local runner materializes a multi-input Flatten, which would hold a live stream's dead letters back until the end.
     """
@@ -55,6 +57,7 @@ class Outputs:
     dead_letters: dict[str, beam.PCollection]
     duplicates: beam.PCollection
     shadow: beam.PCollection | None = None
+    minutes: beam.PCollection | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +84,11 @@ class ScoreEvents(beam.PTransform):
     ``model_handlers.device_groups``).
 
     ``restore`` (a sink's record, for a live stream on a runner whose state dies with the process) seeds each
-    device's dedup, window and alerting state the first time the device is seen."""
+    device's dedup, window and alerting state the first time the device is seen. ``minutes``: also summarise each
+    device's predictions per minute of event time (``steps.summaries``, the ``device_minutes`` stream)."""
 
     def __init__(self, models: FleetVersions, rules: EventRules, alerting: AlertSettings, dedup: DedupSettings,
-                 fleet: FleetSettings = FleetSettings(), restore: Restore | None = None):
+                 fleet: FleetSettings = FleetSettings(), restore: Restore | None = None, minutes: bool = False):
         super().__init__()
         self._models = models
         self._rules = rules
@@ -92,6 +96,7 @@ class ScoreEvents(beam.PTransform):
         self._dedup = dedup
         self._fleet = fleet
         self._restore = restore
+        self._minutes = minutes
 
     def expand(self, raws: beam.PCollection) -> Outputs:
         models, spec, restore = self._models, self._models.default.first.feature_spec, self._restore
@@ -105,12 +110,13 @@ class ScoreEvents(beam.PTransform):
         inferred, failed = grouped | "RunInference" >> RunInference(models.handler()).with_exception_handling()
         scored = inferred | "Score" >> ScorePredictions(self._alerting.threshold, spec)
         results = scored.predictions | "TrackIncidents" >> TrackIncidents(self._alerting, snapshot)
+        minutes = scored.predictions | "DeviceMinutes" >> SummarizeMinutes() if self._minutes else None
         inference_errors = failed.failed_inferences | "InferenceErrors" >> beam.FlatMap(_failed_inference,
                                                                                           spec.sensors)
         dead = {"Parse": parsed.dead_letters, "Inference": inference_errors, "Score": scored.dead_letters}
         shadow = None if models.shadow is None else features | "Shadow" >> ShadowScores(
             models.shadow, spec, self._alerting.threshold)
-        return Outputs(results, dead, unique.duplicates, shadow)
+        return Outputs(results, dead, unique.duplicates, shadow, minutes)
 
 
 class _WindowOf:
@@ -140,9 +146,13 @@ def restore_from(config: Config, sinks: Mapping[str, Sink], live: bool) -> Resto
 def write_outputs(outputs: Outputs, config: Config, sinks: Mapping[str, Sink]) -> None:
     """Each sink writes the result streams its settings name: predictions and alerts together from the device
     results (one write, so a sink can record them in one transaction), dead letters from each origin, a
-    challenger's predictions from the shadow."""
+    challenger's predictions from the shadow, per-minute summaries from ``minutes`` (``wants_minutes``)."""
     for name, sink in sinks.items():
         streams = config.sinks[name].results
+        if "device_minutes" in streams:
+            if outputs.minutes is None:
+                raise ValueError(f"sink {name} writes device_minutes: build ScoreEvents with minutes=True")
+            outputs.minutes | f"WriteDeviceMinutesTo_{name}" >> sink.write((TABLES["device_minutes"],))
         if "shadow_predictions" in streams and outputs.shadow is not None:
             outputs.shadow | f"WriteShadowPredictionsTo_{name}" >> sink.write((TABLES["shadow_predictions"],))
         device_tables = tuple(TABLES[stream] for stream in streams if stream in ("predictions", "alerts"))
@@ -152,6 +162,11 @@ def write_outputs(outputs: Outputs, config: Config, sinks: Mapping[str, Sink]) -
         if "dead_letters" in streams:
             for origin, letters in outputs.dead_letters.items():
                 letters | f"Write{origin}DeadLettersTo_{name}" >> sink.write((TABLES["dead_letters"],))
+
+
+def wants_minutes(config: Config) -> bool:
+    """Whether any sink writes the per-minute summaries (``device_minutes``), so the graph computes them."""
+    return any("device_minutes" in settings.results for settings in config.sinks.values())
 
 
 def report_outputs(outputs: Outputs) -> None:
@@ -192,7 +207,7 @@ def create_pipeline(config: Config, version: ModelVersion, rules: EventRules,
         raws = raws | "ShardByDevice" >> ShardByDevice(rules.max_payload_bytes)
     models = served_fleet(config.model, version, config.tracking_uri, config.work_path / "models")
     outputs = raws | "ScoreEvents" >> ScoreEvents(models, rules, config.alerting, config.dedup, config.devices,
-                                                  restore_from(config, sinks, source.live))
+                                                  restore_from(config, sinks, source.live), wants_minutes(config))
     write_outputs(outputs, config, sinks)
     report_outputs(outputs)
     return StreamingGraph(pipeline, outputs, source)

@@ -2,8 +2,9 @@
 
 Three result streams leave the pipeline: ``predictions`` (one row per event scored), ``alerts`` (one row per
 incident, upserted as it opens and closes) and ``dead_letters`` (one row per rejected event); with ``model.shadow``, a
-fourth, ``shadow_predictions``, holds a challenger's predictions of the same events. Predictions and alerts
-travel together, per device batch, as ``DeviceResults`` with the device's state after the batch
+fourth, ``shadow_predictions``, holds a challenger's predictions of the same events; ``device_minutes`` (opt in
+through a sink's ``results``) holds per-device per-minute summaries, upserted as each minute fills. Predictions
+and alerts travel together, per device batch, as ``DeviceResults`` with the device's state after the batch
 (``DeviceSnapshot``), so a sink can record all three in one transaction and a restarted stream resume from it
 (``device_state``). Each is a ``Table`` of
 typed ``Column``s; the SQLite DDL, the JSON topic messages and the row tuples all come from it, so a new sink (a
@@ -38,12 +39,19 @@ class Table:
     name: str
     columns: tuple[Column, ...]
     to_records: Callable[[Any], Mapping[str, Sequence[Any]]]
-    key: str | None = None
+    key: str | tuple[str, ...] | None = None  # one column, or several (a composite key)
     index: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(column.name for column in self.columns)
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """The upsert key's columns (empty: rows are only ever added)."""
+        if self.key is None:
+            return ()
+        return (self.key,) if isinstance(self.key, str) else tuple(self.key)
 
     def rows(self, value: Any) -> list[tuple]:
         """The value's rows as tuples in column order (JSON columns serialised)."""
@@ -163,6 +171,31 @@ class DeviceSnapshot:
 
 
 @dataclasses.dataclass
+class MinuteSummary:
+    """One device's per-minute summaries that a batch touched (``steps.summaries``), as columns: each row holds the
+    running totals of its minute of event time so far, so rows written again by key converge on the final one."""
+
+    device_id: str
+    minute_start: np.ndarray  # (k,) epoch seconds, floored to the minute
+    count: np.ndarray  # (k,) predictions in the minute
+    mean_score: np.ndarray  # (k,) mean anomaly score
+    max_score: np.ndarray  # (k,) max anomaly score
+    anomalies: np.ndarray  # (k,) predictions flagged is_anomaly
+    model_version: list[str]  # per row: the versions that scored in the minute, in scoring order, joined by ","
+    updated_at: float  # processing time the rows were computed
+
+    def __len__(self) -> int:
+        return len(self.minute_start)
+
+    def records(self) -> dict[str, Sequence[Any]]:
+        n = len(self)
+        return {"device_id": [self.device_id] * n, "minute_start": self.minute_start.tolist(),
+                "count": self.count.tolist(), "mean_score": self.mean_score.tolist(),
+                "max_score": self.max_score.tolist(), "anomalies": self.anomalies.tolist(),
+                "model_version": list(self.model_version), "updated_at": [self.updated_at] * n}
+
+
+@dataclasses.dataclass
 class DeviceResults:
     """What one device batch produced: its predictions, incident updates, and the device's state after it."""
 
@@ -198,6 +231,10 @@ def _alert_records(element: DeviceResults | Incident) -> dict[str, Sequence[Any]
     incidents = element.incidents if isinstance(element, DeviceResults) else [element]
     names = [field.name for field in dataclasses.fields(Incident)]
     return {name: [getattr(incident, name) for incident in incidents] for name in names}
+
+
+def _minute_records(element: MinuteSummary | tuple[str, MinuteSummary]) -> dict[str, Sequence[Any]]:
+    return (element[1] if isinstance(element, tuple) else element).records()
 
 
 def _state_records(element: Any) -> dict[str, Sequence[Any]]:
@@ -238,6 +275,15 @@ DEVICE_STATE = Table("device_state", (
 # A challenger's predictions (``model.shadow``): the same columns, in a table of their own, counted nowhere else.
 SHADOW_PREDICTIONS = dataclasses.replace(PREDICTIONS, name="shadow_predictions")
 
-TABLES: dict[str, Table] = {table.name: table for table in (PREDICTIONS, ALERTS, DEAD_LETTERS, SHADOW_PREDICTIONS)}
-ResultStream = Literal["predictions", "alerts", "dead_letters", "shadow_predictions"]
+# Per device per minute of event time (``steps.summaries``): upserted by (device_id, minute_start) as the minute
+# fills, so a row is final once the device's events have moved past its minute (or the device went silent).
+DEVICE_MINUTES = Table("device_minutes", (
+    Column("device_id", "text"), Column("minute_start", "real"), Column("count", "integer"),
+    Column("mean_score", "real"), Column("max_score", "real"), Column("anomalies", "integer"),
+    Column("model_version", "text"), Column("updated_at", "real"),
+), _minute_records, key=("device_id", "minute_start"))
+
+TABLES: dict[str, Table] = {table.name: table for table in (PREDICTIONS, ALERTS, DEAD_LETTERS, SHADOW_PREDICTIONS,
+                                                            DEVICE_MINUTES)}
+ResultStream = Literal["predictions", "alerts", "dead_letters", "shadow_predictions", "device_minutes"]
 

@@ -12,8 +12,9 @@ crash resumes from what was committed (``PostgresRestore``).
 - Idempotent writes: every table has a unique key, so a batch written twice (a retry after a lost connection whose
   commit may or may not have happened, a bundle the runner retries, a redelivered message) leaves one row each:
   predictions (and shadow predictions) by ``(device_id, event_id)``, ``ON CONFLICT DO NOTHING`` (the first
-  prediction of an event stays); alerts by ``incident_id`` and the device state by ``device_id``, upserted (the last
-  update wins, as SQLite's ``INSERT OR REPLACE``: an open incident is replaced by its closing); dead letters, which
+  prediction of an event stays); alerts by ``incident_id``, the device state by ``device_id`` and per-minute
+  summaries by ``(device_id, minute_start)``, upserted (the last update wins, as SQLite's ``INSERT OR REPLACE``: an
+  open incident is replaced by its closing, a minute's partial summary by a fuller one); dead letters, which
   have no id (their payload could not be read), by ``(reason, received_at, md5(payload))``: the same rejected
   message written again is one row, the same bad payload arriving again (another ``received_at``) is another
   occurrence and kept.
@@ -127,7 +128,7 @@ def conflict_key(table: Table) -> tuple[str, ...]:
     (device_id, event_id) for a table of predictions, else (reason, received_at, md5(payload)) for dead letters."""
     names = set(table.column_names)
     if table.key:
-        return (table.key,)
+        return table.key_columns
     if {"device_id", "event_id"} <= names:
         return ("device_id", "event_id")
     if {"reason", "received_at", "payload"} <= names:
@@ -192,7 +193,7 @@ def insert_statement(table: Table, schema: str) -> sql.Composed:
     arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(_column_type(table, name))) for name in names)
     if table.key:
         updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
-                                     for name in names if name != table.key)
+                                     for name in names if name not in table.key_columns)
         conflict = sql.SQL("DO UPDATE SET {}").format(updates)
     else:
         conflict = sql.SQL("DO NOTHING")
@@ -209,8 +210,8 @@ def _columns(table: Table, rows: list[tuple]) -> list[list[Any]]:
     """Rows -> one list per column; for an upsert table, only the last row of each key (one statement may not
     update a row twice; the last update is the one SQLite's INSERT OR REPLACE would leave)."""
     if table.key:
-        position = table.column_names.index(table.key)
-        rows = list({row[position]: row for row in rows}.values())
+        positions = [table.column_names.index(name) for name in table.key_columns]
+        rows = list({tuple(row[p] for p in positions): row for row in rows}.values())
     return [[_clean(value) for value in column] for column in zip(*rows)]
 
 

@@ -26,7 +26,7 @@ _SQL_TYPES = {"text": "TEXT", "real": "REAL", "integer": "INTEGER", "json": "TEX
 DEFAULT_FILE = "results.db"
 # The column each table ages by (wall-clock seconds), for retention.
 _AGE_COLUMN = {"predictions": "received_at", "dead_letters": "received_at", "alerts": "end_time",
-               "device_state": "updated_at", "shadow_predictions": "received_at"}
+               "device_state": "updated_at", "shadow_predictions": "received_at", "device_minutes": "updated_at"}
 
 
 class RetentionSettings(BaseModel):
@@ -51,9 +51,12 @@ class SqliteSettings(SinkSettings):
 
 def table_ddl(table: Table) -> str:
     """CREATE TABLE (and index) statements for one result table."""
+    single = table.key_columns[0] if len(table.key_columns) == 1 else None
     columns = ", ".join(
-        f"{c.name} {_SQL_TYPES[c.type]}{'' if c.nullable else ' NOT NULL'}{' PRIMARY KEY' if c.name == table.key else ''}"
+        f"{c.name} {_SQL_TYPES[c.type]}{'' if c.nullable else ' NOT NULL'}{' PRIMARY KEY' if c.name == single else ''}"
         for c in table.columns)
+    if len(table.key_columns) > 1:
+        columns += f", PRIMARY KEY ({', '.join(table.key_columns)})"
     ddl = f"CREATE TABLE IF NOT EXISTS {table.name} ({columns});"
     if table.index:
         ddl += (f"\nCREATE INDEX IF NOT EXISTS {table.name}_{'_'.join(table.index)} "

@@ -27,9 +27,11 @@ from inference_pipeline.connectors.postgres import (
     write_tables,
 )
 from inference_pipeline.runtime.run import event_rules, run_pipeline
+from inference_pipeline.steps.summaries import MinuteTotals, fold
 from inference_pipeline.results import (
     ALERTS,
     DEAD_LETTERS,
+    DEVICE_MINUTES,
     PREDICTIONS,
     SHADOW_PREDICTIONS,
     TABLES,
@@ -248,3 +250,22 @@ def test_a_configured_postgres_sink_records_a_stream_whose_counts_reconcile(sett
                                                 f'"{settings.db_schema}".predictions')
     [(dead,)] = query(settings, f'SELECT COUNT(*) FROM "{settings.db_schema}".dead_letters')
     assert predictions == distinct == len(frame) and dead == 2 and predictions + dead == len(payloads)
+
+
+def test_per_minute_summaries_are_upserted_by_device_and_minute_with_no_duplicates(settings):
+    def scored(times, scores, device="d", version="1"):
+        times, scores = np.asarray(times, dtype=float), np.asarray(scores, dtype=float)
+        return PredictionBatch(device, times.astype(str), times, times, 0.0, scores, scores, 0.5,
+                               np.full(len(times), 30), 30, "m", version)
+
+    totals, other = MinuteTotals(), MinuteTotals()
+    first = [fold(totals, scored([0, 10], [0.2, 0.4]))[0], fold(totals, scored([20], [0.9]))[0],
+             fold(other, scored([5], [0.1], device="e"))[0]]  # minute 0 twice in one bundle, another device's too
+    run((first, (DEVICE_MINUTES,), settings))
+    later = [fold(totals, scored([30, 70], [0.5, 0.3], version="2"))[0]]  # minute 0 again, in a later transaction
+    run((later, (DEVICE_MINUTES,), settings))
+    run((later, (DEVICE_MINUTES,), settings))  # the same rows written twice (a retried bundle)
+    found = query(settings, "SELECT device_id, minute_start, count, round(mean_score::numeric, 6)::float, max_score, "
+                            "anomalies, model_version FROM device_minutes ORDER BY device_id, minute_start")
+    assert found == [("d", 0.0, 4, 0.5, 0.9, 2, "1,2"), ("d", 60.0, 1, 0.3, 0.3, 0, "2"),
+                     ("e", 0.0, 1, 0.1, 0.1, 0, "1")]
