@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from model_handlers.vertex import VertexProject, is_vertex_uri, parse_vertex_uri
 
@@ -63,6 +63,15 @@ class ModelSettings(BaseModel):
 
     _uri = field_validator("uri")(model_uri)
     _shadow = field_validator("shadow")(lambda uri: None if uri is None else model_uri(uri))
+
+    @model_validator(mode="after")
+    def _batch_sizes_in_order(self) -> ModelSettings:
+        """A kind batching rows (``min_batch_size``, ``max_batch_size``) needs min <= max (Beam's BatchElements
+        would fail only when the stream starts)."""
+        low, high = getattr(self, "min_batch_size", None), getattr(self, "max_batch_size", None)
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_batch_size ({low}) must not exceed max_batch_size ({high})")
+        return self
 
     @field_validator("groups")
     @classmethod

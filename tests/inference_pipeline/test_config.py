@@ -72,3 +72,11 @@ def test_dedup_window_below_the_mqtt_inflight_window_fails_naming_both_fields(tm
 
 def test_the_dedup_rule_only_concerns_mqtt_sources(tmp_path):
     assert load_config(write(tmp_path, "dedup: {max_ids_per_device: 1}\n")).dedup.max_ids_per_device == 1
+
+
+@pytest.mark.parametrize("handler, extra", [("torch", {}), ("mlflow", {}),
+                                            ("http_endpoint", {"url": "http://127.0.0.1:5001/invocations"})])
+def test_batch_sizes_out_of_order_fail_at_load_naming_both(handler, extra, tmp_path):
+    model = {"handler": handler, "uri": str(tmp_path), "min_batch_size": 2048, "max_batch_size": 1024, **extra}
+    with pytest.raises(ConfigError, match=r"model: .*min_batch_size \(2048\) must not exceed max_batch_size \(1024\)"):
+        load_config(overrides={"model": model})

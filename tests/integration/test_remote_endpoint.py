@@ -35,7 +35,7 @@ def test_the_model_server_killed_and_restarted_mid_stream(private_broker, traine
     stream = Stream(tmp_path, private_broker.port, version.path, fleet_devices)
     stream.overrides.pop("model.uri")
     stream.overrides["model"] = {"handler": "http_endpoint", "uri": str(version.path), "url": server.url,
-                                 "timeout_s": 5, "num_retries": 3, "max_batch_size": 1024}
+                                 "timeout_s": 5, "num_retries": 3}
     process, log = stream.start()
     try:
         warm = stream.warm_up(process, log)
