@@ -31,30 +31,29 @@ def outcomes(stream: Stream) -> tuple[int, int, int]:
 
 def test_the_model_server_killed_and_restarted_mid_stream(private_broker, trained, tmp_path, fleet_devices):
     version = trained.version
-    server = ModelServer(str(version.path), None, tmp_path / "serve.log").start()
     stream = Stream(tmp_path, private_broker.port, version.path, fleet_devices)
-    stream.overrides.pop("model.uri")
-    stream.overrides["model"] = {"handler": "http_endpoint", "uri": str(version.path), "url": server.url,
-                                 "timeout_s": 5, "num_retries": 3}
-    process, log = stream.start()
-    try:
-        warm = stream.warm_up(process, log)
-        reports = []
-        feeder = threading.Thread(target=lambda: reports.append(stream.publish(rate=500, seconds=14)))
-        feeder.start()
-        wait_until(lambda: outcomes(stream)[0] >= warm.published + 1000, 60, process, log)
-        server.kill()
-        killed_at, at_kill = time.time(), outcomes(stream)[0]
-        time.sleep(3)
-        server.start()
-        restarted_at = time.time()
-        feeder.join(60)
-        published = warm.published + reports[0].published
-        wait_until(lambda: sum(outcomes(stream)[1:]) >= published, 120, process, log)
-        totals = drain(process, log)
-    finally:
-        kill(process)
-        server.stop()
+    with ModelServer(str(version.path), None, tmp_path / "serve.log") as server:
+        stream.overrides.pop("model.uri")
+        stream.overrides["model"] = {"handler": "http_endpoint", "uri": str(version.path), "url": server.url,
+                                     "timeout_s": 5, "num_retries": 3}
+        process, log = stream.start()
+        try:
+            warm = stream.warm_up(process, log)
+            reports = []
+            feeder = threading.Thread(target=lambda: reports.append(stream.publish(rate=500, seconds=14)))
+            feeder.start()
+            wait_until(lambda: outcomes(stream)[0] >= warm.published + 1000, 60, process, log)
+            server.kill()
+            killed_at, at_kill = time.time(), outcomes(stream)[0]
+            time.sleep(3)
+            server.start()
+            restarted_at = time.time()
+            feeder.join(60)
+            published = warm.published + reports[0].published
+            wait_until(lambda: sum(outcomes(stream)[1:]) >= published, 120, process, log)
+            totals = drain(process, log)
+        finally:
+            kill(process)
     rows, distinct, dead = outcomes(stream)
     with sqlite3.connect(stream.db) as db:
         reasons = {reason for (reason,) in db.execute("SELECT DISTINCT reason FROM dead_letters")}
