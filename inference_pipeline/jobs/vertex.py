@@ -22,7 +22,8 @@ def _project(config: Config) -> VertexProject:
 
 def _serving(config: Config, image: str | None) -> VertexServing:
     if image:
-        return (config.training.vertex_serving or VertexServing(image_uri=image)).model_copy(update={"image_uri": image})
+        serving = config.training.vertex_serving or VertexServing(image_uri=image)
+        return serving.model_copy(update={"image_uri": image})
     if config.training.vertex_serving is None:
         raise ConfigError("training.vertex_serving.image_uri: the serving container is required to upload (build it "
                           "with `mlflow models build-docker -m models:/<name>/<version> -n <image>`), or give --image")
@@ -65,7 +66,7 @@ def describe_versions(versions: list[VertexVersion]) -> str:
 
 def describe_deployment(config: Config, deployment: VertexDeployment, model: str) -> str:
     split = ", ".join(f"{deployed} {percent} %" for deployed, percent in deployment.traffic_split.items())
+    project = _project(config)
     return (f"deployed {model} on endpoint {deployment.endpoint_id} as {deployment.deployed_model_id}; traffic: "
             f"{split}\nserve it: model: {{handler: vertex_endpoint, endpoint_id: \"{deployment.endpoint_id}\", "
-            f"uri: \"{model}\", vertex: {{project: {_project(config).project}, location: "
-            f"{_project(config).location}}}}}")
+            f"uri: \"{model}\", vertex: {{project: {project.project}, location: {project.location}}}}}")
