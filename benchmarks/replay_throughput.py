@@ -21,6 +21,11 @@ multi_processing``). Beam 2.77's local runner runs a stage that holds user state
 state, so the second worker has nothing to do: the figure shows what the local runner gives, not what a runner that
 partitions state by key (Dataflow) gives.
 
+With ``--enriched``, a third pipeline runs a version whose features include device metadata, joined by the
+enrichment step from a real Feast store (Redis at ``--redis``, the simulated fleet's device table pushed first, a
+5-minute per-device cache), and with ``--warehouse DSN`` writes every prediction, alert, dead letter and per-minute
+summary to PostgreSQL too (a fresh schema); it reports ``"pipeline_eps_enriched"``.
+
 Each side runs ``--runs`` times (interleaved); the numbers are medians, each ratio the median of the per-run ratios
 of steady-state events per second (pipeline / baseline). Counts are checked to equal ``--events`` on every side. Last
 output line is JSON:
@@ -28,6 +33,7 @@ output line is JSON:
  "pipeline_startup_s": s, "baseline_startup_s": s, "runs": 3}
 
     python benchmarks/replay_throughput.py --events 200000 [--bundle PATH] [--batch-size 4000] [--runs 3]
+        [--enriched [--redis 127.0.0.1:6379] [--warehouse "host=127.0.0.1 dbname=test user=postgres"]]
 
 Profile (the local runner executes bundles in this process, so the pipeline's steps show up under it). py-spy's
 sampling over-weights native calls (it gave the autoencoder's forward pass 1.3 s where timing it gave 0.3 s), so
@@ -87,6 +93,27 @@ def train_version(work: Path, overrides: dict | None = None) -> ModelVersion:
     return ModelVersion.open(run.bundle_dir)
 
 
+ENRICHED = {"features.metadata": [
+    {"name": "machine_type", "kind": "category", "categories": ["L", "M", "H"], "default": "M"},
+    {"name": "last_service", "kind": "days_since", "default": 180}, {"name": "rated_power_kw", "default": 7.5}]}
+
+
+def enriched_config(config: Config, work: Path, redis: str, warehouse: str | None) -> Config:
+    """The config with the Feast store on ``redis`` loaded with the fleet's device table, and the warehouse sink."""
+    from inference_pipeline.jobs.features import push_device_metadata
+    from training.simulate import device_table
+
+    store = {"store": "feast", "repo": str(work / "feature_repo"), "project": "bench", "online_store": redis}
+    sinks = {"warehouse": {"kind": "postgres", "dsn": warehouse, "schema": f"bench_{os.getpid()}",
+                           "results": ["predictions", "alerts", "dead_letters", "device_minutes"]}} if warehouse else {}
+    enriched = load_config(overrides={**ENRICHED, "enrichment": {"store": store}, "sinks": sinks,
+                                      "alerting.open_after": config.alerting.open_after})
+    table = work / "devices.csv"
+    device_table(sorted(simulate_fleet(DEVICES, 1.0)["device_id"].unique())).to_csv(table, index=False)
+    push_device_metadata(enriched, table)
+    return enriched
+
+
 def write_events(path: Path, n_events: int, sensors: tuple[str, ...]) -> None:
     frame = simulate_fleet(DEVICES, n_events // DEVICES, seed=7, start=time.time() - n_events // DEVICES - 60)
     path.write_text("\n".join(iter_payloads(frame.iloc[:n_events], sensors)) + "\n")
@@ -129,8 +156,7 @@ def run_pipeline(config: Config, events: Path, version: ModelVersion, rules: Eve
     """The pipeline on the local runner; ``workers`` > 1 runs Beam's SDK workers as that many processes
     (``direct_num_workers``, ``direct_running_mode=multi_processing``)."""
     started = time.time()
-    replay = config.model_copy(update={"source": ReplaySettings(path=str(events), batch_size=batch_size),
-                                       "sinks": {}})
+    replay = config.model_copy(update={"source": ReplaySettings(path=str(events), batch_size=batch_size)})
     options = None
     if workers > 1:
         options = PipelineOptions.from_dictionary({**pipeline_options(replay).get_all_options(drop_default=True),
@@ -203,10 +229,13 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, help="a model version folder (default: train a small one)")
     parser.add_argument("--batch-size", type=int, default=4000)
     parser.add_argument("--runs", type=int, default=3, help="runs of each side (medians are reported)")
+    parser.add_argument("--enriched", action="store_true", help="also run with device metadata from Feast")
+    parser.add_argument("--redis", default="127.0.0.1:6379", help="the Feast online store (Redis host:port)")
+    parser.add_argument("--warehouse", help="a PostgreSQL DSN: the enriched run also writes its results there")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    config = load_config(overrides={"alerting.open_after": 3})
+    config = load_config(overrides={"alerting.open_after": 3, "sinks": {}})
     runs: list[tuple[Run, Run, Run]] = []
     # the two-worker run's SDK workers are processes that unpickle this module's steps
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(__file__).parent), os.environ.get("PYTHONPATH"))))
@@ -216,6 +245,12 @@ def main() -> None:
         rules = event_rules(config, version)
         events = work / "events.jsonl"
         write_events(events, args.events, version.feature_spec.sensors)
+        enriched = None
+        if args.enriched:
+            enriched_version = train_version(work / "train-enriched", {
+                **ENRICHED, "training.device_metadata": str(work / "train-enriched" / "data" / "devices.csv")})
+            enriched = (enriched_config(config, work, args.redis, args.warehouse), enriched_version)
+        enriched_runs = []
         for run in range(args.runs):
             baseline = run_baseline(events, version, rules, args.batch_size, config.alerting.threshold, work)
             pipeline = run_pipeline(config, events, version, rules, args.batch_size)
@@ -228,6 +263,13 @@ def main() -> None:
                   f"{pipeline.eps:.0f} ev/s steady ({pipeline.total_s:.2f} s in all); two workers start-up "
                   f"{two.startup_s:.2f} s, {two.eps:.0f} ev/s steady ({two.total_s:.2f} s in all)", flush=True)
             runs.append((baseline, pipeline, two))
+            if enriched is not None:
+                with_metadata = run_pipeline(enriched[0], events, enriched[1], rules, args.batch_size)
+                if with_metadata.predictions != args.events:
+                    raise SystemExit(f"run {run + 1}: the enriched pipeline predicted {with_metadata.predictions}")
+                print(f"run {run + 1}: enriched pipeline start-up {with_metadata.startup_s:.2f} s, "
+                      f"{with_metadata.eps:.0f} ev/s steady", flush=True)
+                enriched_runs.append(with_metadata)
     baselines, pipelines, twos = zip(*runs)
     print(json.dumps({
         "events": args.events,
@@ -239,6 +281,8 @@ def main() -> None:
         "pipeline_startup_s": _median((r.startup_s for r in pipelines), 2),
         "baseline_startup_s": _median((r.startup_s for r in baselines), 2),
         "runs": args.runs,
+        **({"pipeline_eps_enriched": _median(r.eps for r in enriched_runs),
+            "warehouse": bool(args.warehouse)} if enriched_runs else {}),
     }))
 
 

@@ -22,6 +22,7 @@ import re
 import struct
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 
@@ -89,6 +90,8 @@ class EventBatch:
     values: np.ndarray  # (n, n_sensors) float64
     received_at: np.ndarray  # (n,) float64 wall-clock seconds
     notice: DeviceNotice | None = None
+    metadata: dict[str, Any] | None = None  # the device's metadata record, joined by the enrichment step
+    enrichment: str | None = None  # how it was joined (``inference_pipeline.steps.enrich``); None: no enrichment
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -101,7 +104,7 @@ class EventBatch:
     def take(self, rows: np.ndarray) -> "EventBatch":
         """The rows selected by a boolean mask or an index array, in that order."""
         return EventBatch(self.device_id, self.event_ids[rows], self.ts[rows], self.values[rows],
-                          self.received_at[rows])
+                          self.received_at[rows], metadata=self.metadata, enrichment=self.enrichment)
 
 
 @dataclasses.dataclass
@@ -356,4 +359,5 @@ def concat_batches(batches: Sequence[EventBatch]) -> EventBatch:
         ts=np.concatenate([b.ts for b in batches]),
         values=np.concatenate([b.values for b in batches]),
         received_at=np.concatenate([b.received_at for b in batches]),
+        metadata=batches[0].metadata, enrichment=batches[0].enrichment,
     )

@@ -1,10 +1,15 @@
 """The feature spec (which sensors, window and statistics) and the MLTransform that scales its output."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from features.derived import DerivedReading, derive
+from features.metadata import MetadataField, metadata_matrix, metadata_names
 from features.window import STATS, Featurised, WindowState, advance, feature_names, lag_names
 
 
@@ -16,7 +21,8 @@ class FeatureSpec(BaseModel):
     sets it to ten times the median sampling interval of its data when not configured). ``fill_values``: per sensor,
     what a missing reading is imputed with before the device has reported that sensor (training sets the sensor's
     median; None: 0). ``lags``: also the newest ``lags`` readings of each channel as features (``<channel>__lag<k>``,
-    k steps back), for sequence models.
+    k steps back), for sequence models. ``metadata``: device metadata fields joined to every event (by the enrichment
+    step in the stream, from the metadata file in training) as features after the window's (``features.metadata``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -28,6 +34,7 @@ class FeatureSpec(BaseModel):
     fill_values: tuple[float, ...] | None = None
     derived: tuple[DerivedReading, ...] = ()
     lags: int = Field(0, ge=0)
+    metadata: tuple[MetadataField, ...] = ()
 
     @field_validator("stats")
     @classmethod
@@ -85,19 +92,30 @@ class FeatureSpec(BaseModel):
         return self.stats + lag_names(self.lags)
 
     @property
-    def feature_names(self) -> list[str]:
+    def window_feature_names(self) -> list[str]:
+        """The window's features: per channel, its summaries."""
         return feature_names(self.channels, self.summaries)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """What the model sees: the window's features, then the device metadata's."""
+        return self.window_feature_names + metadata_names(self.metadata)
 
     def empty_state(self) -> WindowState:
         return WindowState.empty(len(self.channels))
 
-    def featurise(self, state: WindowState, ts: np.ndarray, values: np.ndarray) -> Featurised:
-        """A device's next events (in event-time order; ``values``: one column per sensor) -> features, imputed mask
-        (per channel) and state: the one rule that training and streaming both apply (``features.derived.derive``,
-        then ``features.window.advance``)."""
+    def featurise(self, state: WindowState, ts: np.ndarray, values: np.ndarray,
+                  metadata: Mapping[str, Any] | None = None) -> Featurised:
+        """A device's next events (in event-time order; ``values``: one column per sensor) and its metadata record
+        -> features, imputed mask (per channel) and state: the one rule that training and streaming both apply
+        (``features.derived.derive``, then ``features.window.advance``, then ``features.metadata``)."""
         fill = np.zeros(len(self.sensors)) if self.fill_values is None else np.asarray(self.fill_values, np.float64)
-        return advance(state, ts, derive(values, self.sensors, self.derived), self.window, self.summaries,
-                       derive(fill, self.sensors, self.derived), self.max_gap_s)
+        out = advance(state, ts, derive(values, self.sensors, self.derived), self.window, self.summaries,
+                      derive(fill, self.sensors, self.derived), self.max_gap_s)
+        if not self.metadata:
+            return out
+        joined = np.concatenate([out.features, metadata_matrix(self.metadata, metadata, ts)], axis=1)
+        return dataclasses.replace(out, features=joined)
 
 
 def scaling_transform(spec: FeatureSpec):

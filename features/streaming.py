@@ -59,13 +59,13 @@ class _WindowFeaturesFn(beam.DoFn):
             batch = batch.take(np.argsort(batch.ts, kind="stable"))
         late = batch.ts < state.newest
         on_time = batch.take(~late) if late.any() else batch
-        out = self._spec.featurise(state, on_time.ts, on_time.values)
+        out = self._spec.featurise(state, on_time.ts, on_time.values, batch.metadata)
         window.write(out.state)
         if not late.any():
             yield device_id, FeatureBatch(batch, out.features, out.filled, imputed=out.imputed, state=out.state)
             return
         stragglers = batch.take(late)
-        scored = [self._spec.featurise(out.state, stragglers.ts[i:i + 1], stragglers.values[i:i + 1])
+        scored = [self._spec.featurise(out.state, stragglers.ts[i:i + 1], stragglers.values[i:i + 1], batch.metadata)
                   for i in range(len(stragglers))]
         parts = [out, *scored]
         yield device_id, FeatureBatch(

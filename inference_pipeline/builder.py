@@ -1,6 +1,6 @@
 """The streaming pipeline, built and never run here: source -> (bounded sources on several local workers: shard by
-device) -> parse (dead letters) -> drop duplicates -> device features -> MLTransform -> RunInference -> score ->
-incidents [+ per-minute summaries] -> sinks.
+device) -> parse (dead letters) -> drop duplicates -> [device metadata] -> device features -> MLTransform ->
+RunInference -> score -> incidents [+ per-minute summaries] -> sinks.
 
 ``create_pipeline`` is pure: it builds the graph for a config and a model version. The local run, the tests, the
 benchmarks and the Dataflow launch all call it, and the graph runs on any runner; runtime concerns (local runner
@@ -24,10 +24,12 @@ from features.streaming import DeviceFeatures
 from features.window import WindowState
 from inference_pipeline.config import Config
 from inference_pipeline.connectors.base import Sink, Source
+from inference_pipeline.connectors.feature_stores import EnrichmentSettings
 from inference_pipeline.connectors.kinds import SOURCES
 from inference_pipeline.results import TABLES, DeviceSnapshot, Restore
 from inference_pipeline.steps.alerts import AlertSettings, TrackIncidents
 from inference_pipeline.steps.dedup import DedupSettings, DropDuplicates
+from inference_pipeline.steps.enrich import EnrichDevices
 from inference_pipeline.steps.metrics import ReportLiveMetrics
 from inference_pipeline.steps.parse import ParseEvents
 from inference_pipeline.steps.roster import FleetSettings
@@ -85,11 +87,15 @@ class ScoreEvents(beam.PTransform):
 
     ``restore`` (a sink's record, for a live stream on a runner whose state dies with the process) seeds each
     device's dedup, window and alerting state the first time the device is seen. ``minutes``: also summarise each
-    device's predictions per minute of event time (``steps.summaries``, the ``device_minutes`` stream)."""
+    device's predictions per minute of event time (``steps.summaries``, the ``device_minutes`` stream).
+    ``enrichment``: where the device metadata the version's features use comes from (``steps.enrich``; required
+    when its spec lists ``metadata`` fields)."""
 
     def __init__(self, models: FleetVersions, rules: EventRules, alerting: AlertSettings, dedup: DedupSettings,
-                 fleet: FleetSettings = FleetSettings(), restore: Restore | None = None, minutes: bool = False):
+                 fleet: FleetSettings = FleetSettings(), restore: Restore | None = None, minutes: bool = False,
+                 enrichment: EnrichmentSettings | None = None):
         super().__init__()
+        self._enrichment = enrichment
         self._models = models
         self._rules = rules
         self._alerting = alerting
@@ -104,7 +110,13 @@ class ScoreEvents(beam.PTransform):
         parsed = raws | "ParseEvents" >> ParseEvents(self._rules, self._fleet)
         unique = parsed.events | "DropDuplicates" >> DropDuplicates(self._dedup.horizon_s,
                                                                     self._dedup.max_ids_per_device, restore)
-        features = unique.events | "DeviceFeatures" >> DeviceFeatures(spec, _window_of(snapshot))
+        events = unique.events
+        if spec.metadata:
+            if self._enrichment is None:
+                raise ValueError(f"enrichment: model {models.default.first.name} v{models.default.first.version} "
+                                 "uses device metadata features: configure where they come from (enrichment.store)")
+            events = events | "EnrichDevices" >> EnrichDevices(self._enrichment, spec.metadata)
+        features = events | "DeviceFeatures" >> DeviceFeatures(spec, _window_of(snapshot))
         scaled = features | "ScaleFeatures" >> ScaleFeatures(spec, models)
         grouped = scaled | "KeyByModelGroup" >> beam.Map(models.keyed)
         inferred, failed = grouped | "RunInference" >> RunInference(models.handler()).with_exception_handling()
@@ -207,7 +219,8 @@ def create_pipeline(config: Config, version: ModelVersion, rules: EventRules,
         raws = raws | "ShardByDevice" >> ShardByDevice(rules.max_payload_bytes)
     models = served_fleet(config.model, version, config.tracking_uri, config.work_path / "models")
     outputs = raws | "ScoreEvents" >> ScoreEvents(models, rules, config.alerting, config.dedup, config.devices,
-                                                  restore_from(config, sinks, source.live), wants_minutes(config))
+                                                  restore_from(config, sinks, source.live), wants_minutes(config),
+                                                  config.enrichment)
     write_outputs(outputs, config, sinks)
     report_outputs(outputs)
     return StreamingGraph(pipeline, outputs, source)

@@ -97,6 +97,7 @@ class PredictionBatch:
     state: WindowState | None = None  # the device's window state after this batch
     notice: DeviceNotice | None = None  # a roster notice passing through (a batch without rows)
     late: np.ndarray | None = None  # (n,) bool: scored against the device's window without entering it
+    enrichment: str | None = None  # how the device's metadata was joined (``steps.enrich``); None: not enriched
 
     @property
     def is_anomaly(self) -> np.ndarray:
@@ -119,6 +120,7 @@ class PredictionBatch:
             "label": self.label or missing, "class_probabilities": self.class_probabilities or missing,
             "sensor_contributions": self.sensor_contributions or missing, "imputed": self.imputed or missing,
             "late": [0] * n if self.late is None else self.late.astype(np.int8).tolist(),
+            "enrichment": [self.enrichment] * n,
         }
 
 
@@ -251,7 +253,7 @@ PREDICTIONS = Table("predictions", (
     Column("window_fill", "integer"), Column("model_name", "text"), Column("model_version", "text"),
     Column("label", "text", nullable=True), Column("class_probabilities", "json", nullable=True),
     Column("sensor_contributions", "json", nullable=True), Column("imputed", "json", nullable=True),
-    Column("late", "integer"),
+    Column("late", "integer"), Column("enrichment", "text", nullable=True),
 ), _prediction_records, index=("device_id", "event_time"))
 
 ALERTS = Table("alerts", (

@@ -70,9 +70,11 @@ class LoadedModel:
         self.model_id = ModelId(version.name, version.version, version.transform_id)
         spec = version.feature_spec
         self._sensors = spec.channels
-        # (channels + 1) x features: row j sums channel j's features (channel-major order, as
-        # ``features.window.feature_names``), the last row sums them all
+        # (channels + 1) x features: row j sums channel j's window features (channel-major order, as
+        # ``features.window.feature_names``; the device metadata's columns after them belong to no channel), the
+        # last row sums them all
         per_sensor = torch.kron(torch.eye(len(spec.channels)), torch.ones(1, len(spec.summaries)))
+        per_sensor = torch.nn.functional.pad(per_sensor, (0, len(spec.feature_names) - per_sensor.shape[1]))
         self._reducer = torch.cat([per_sensor, torch.ones(1, len(spec.feature_names))]).to(device)
 
     def error_parts(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -80,6 +80,23 @@ def trained_forecaster(tmp_path_factory) -> Trained:
     return Trained(config, *train_simulated(config, progress=False))
 
 
+ENRICHED = {
+    "features.metadata": [{"name": "machine_type", "kind": "category", "categories": ["L", "M", "H"], "default": "M"},
+                          {"name": "last_service", "kind": "days_since", "default": 180},
+                          {"name": "rated_power_kw", "default": 7.5}],
+}
+
+
+@pytest.fixture(scope="session")
+def trained_enriched(tmp_path_factory) -> Trained:
+    """The small fleet with device metadata features (the simulator's device table; training joins the file, no
+    store needed), registered once."""
+    from inference_pipeline.jobs.main_job import train_simulated
+
+    config = small_config(tmp_path_factory.mktemp("enriched"), **ENRICHED)
+    return Trained(config, *train_simulated(config, progress=False))
+
+
 @pytest.fixture(scope="session")
 def served_model(trained, tmp_path_factory):
     """``mlflow models serve`` of the trained fixture's registered version (a real model server process; pinned by

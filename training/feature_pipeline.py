@@ -1,12 +1,15 @@
-"""Batch Beam feature pipeline: a labelled table -> per-device window features -> MLTransform (fit or apply).
+"""Batch Beam feature pipeline: a labelled table (+ device metadata) -> per-device window features -> MLTransform
+(fit or apply).
 
-Uses the same window function and the same ScaleFeatures transform as the streaming pipeline.
+Uses the same featurisation (``FeatureSpec.featurise``: window and device metadata) and the same ScaleFeatures
+transform as the streaming pipeline.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -62,8 +65,10 @@ def fitted_spec(frame: pd.DataFrame, spec: FeatureSpec) -> FeatureSpec:
     return spec.model_copy(update=update)
 
 
-def device_batches(frame: pd.DataFrame, spec: FeatureSpec) -> Iterator[tuple[str, EventBatch]]:
-    """One EventBatch per device, sorted by event time."""
+def device_batches(frame: pd.DataFrame, spec: FeatureSpec,
+                   metadata: Mapping[str, dict[str, Any]] | None = None) -> Iterator[tuple[str, EventBatch]]:
+    """One EventBatch per device, sorted by event time, with the device's metadata record (``metadata``: by device
+    id; a device without one takes the fields' defaults, as the stream does for a key its store lacks)."""
     frame = frame.sort_values(["device_id", "ts"], kind="stable")
     for device_id, rows in frame.groupby("device_id", sort=True):
         ids = rows["event_id"].astype(str).to_numpy(dtype=object) if "event_id" in rows else \
@@ -71,22 +76,24 @@ def device_batches(frame: pd.DataFrame, spec: FeatureSpec) -> Iterator[tuple[str
         yield str(device_id), EventBatch(
             device_id=str(device_id), event_ids=ids, ts=rows["ts"].to_numpy(dtype=np.float64),
             values=rows[list(spec.sensors)].to_numpy(dtype=np.float64), received_at=np.zeros(len(rows)),
+            metadata=(metadata or {}).get(str(device_id)),
         )
 
 
 def batch_features(element: tuple[str, EventBatch], spec: FeatureSpec) -> tuple[str, FeatureBatch]:
     """The batch path: a device's whole series at once, from its first reading, by the streaming rule."""
     device_id, events = element
-    out = spec.featurise(spec.empty_state(), events.ts, events.values)
+    out = spec.featurise(spec.empty_state(), events.ts, events.values, events.metadata)
     return device_id, FeatureBatch(events, out.features, out.filled, imputed=out.imputed)
 
 
 class _ReadDeviceSeries(beam.DoFn):
-    def __init__(self, spec: FeatureSpec):
+    def __init__(self, spec: FeatureSpec, metadata: Mapping[str, dict[str, Any]] | None):
         self._spec = spec
+        self._metadata = metadata
 
     def process(self, path: str) -> Iterator[tuple[str, EventBatch]]:
-        yield from device_batches(clean_rows(read_frame(path), self._spec), self._spec)
+        yield from device_batches(clean_rows(read_frame(path), self._spec), self._spec, self._metadata)
 
 
 def _save(element: tuple[str, FeatureBatch], out_dir: str) -> None:
@@ -96,14 +103,16 @@ def _save(element: tuple[str, FeatureBatch], out_dir: str) -> None:
 
 
 def run_feature_pipeline(table: Path, spec: FeatureSpec, transform_dir: Path, out_dir: Path, fit: bool,
-                         options: beam.options.pipeline_options.PipelineOptions) -> list[DeviceFeatures]:
-    """Compute scaled features for every device of ``table``; ``fit`` also writes the MLTransform artifacts."""
+                         options: beam.options.pipeline_options.PipelineOptions,
+                         metadata: Mapping[str, dict[str, Any]] | None = None) -> list[DeviceFeatures]:
+    """Compute scaled features for every device of ``table`` (joined to its ``metadata`` record, see
+    ``device_batches``); ``fit`` also writes the MLTransform artifacts."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with beam.Pipeline(options=options) as pipeline:
         _ = (
             pipeline
             | "Table" >> beam.Create([str(table)])
-            | "ReadDeviceSeries" >> beam.ParDo(_ReadDeviceSeries(spec))
+            | "ReadDeviceSeries" >> beam.ParDo(_ReadDeviceSeries(spec, metadata))
             | "DeviceFeatures" >> beam.Map(batch_features, spec)
             | "ScaleFeatures" >> ScaleFeatures(spec, transform_dir, fit=fit)
             | "Save" >> beam.Map(_save, str(out_dir))

@@ -54,7 +54,9 @@ class TrainingSettings(BaseModel):
     served by ``model.handler: transformers``). ``registry``: where ``iotml train`` registers versions: ``mlflow``
     (the tracking server or database), or ``vertex``: MLflow as well (runs, metrics and the manifest tag), and each
     version uploaded to the Vertex AI Model Registry of ``model.vertex`` with ``vertex_serving``'s container, its
-    aliases mirrored from MLflow's (``training.vertex_register``)."""
+    aliases mirrored from MLflow's (``training.vertex_register``). ``device_metadata``: the device metadata file
+    (CSV or Parquet) joined to the training events when ``features.metadata`` lists fields; the stream gets the same
+    records from the feature store (``iotml features push`` loads this file there)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -72,3 +74,4 @@ class TrainingSettings(BaseModel):
     experiment: str = "iot-anomaly"
     registry: Literal["mlflow", "vertex"] = "mlflow"
     vertex_serving: VertexServing | None = None
+    device_metadata: str | None = None

@@ -48,7 +48,9 @@ def _device_number(device_id: str) -> int:
 
 
 def device_table(device_ids: Iterable[str]) -> pd.DataFrame:
-    """Device metadata derived from the ids: kind (id prefix, "motor" or else "pump"), site and line."""
+    """Device metadata derived from the ids: kind (id prefix, "motor" or else "pump"), site and line, and the
+    maintenance record a plant's asset register holds (machine type, install and last service dates, rated limits),
+    what ``iotml features push`` loads into the feature store."""
     ids = list(dict.fromkeys(device_ids))
     numbers = [_device_number(d) for d in ids]
     return pd.DataFrame({
@@ -56,6 +58,11 @@ def device_table(device_ids: Iterable[str]) -> pd.DataFrame:
         "kind": ["motor" if d.startswith("motor") else "pump" for d in ids],
         "site": [f"site-{n // 8 % 3 + 1}" for n in numbers],
         "line": [f"line-{n // 4 % 2 + 1}" for n in numbers],
+        "machine_type": ["LMH"[n % 3] for n in numbers],
+        "install_date": [f"{2015 + n % 9}-{n % 12 + 1:02d}-15" for n in numbers],
+        "last_service": [f"2025-{n % 12 + 1:02d}-{n % 27 + 1:02d}" for n in numbers],
+        "rated_power_kw": [(5.5, 7.5, 11.0)[n % 3] for n in numbers],
+        "rated_max_temp_c": [(80.0, 90.0, 105.0)[n % 3] for n in numbers],
     })
 
 

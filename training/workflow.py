@@ -13,6 +13,7 @@ import torch
 from apache_beam.options.pipeline_options import PipelineOptions
 from torch import nn
 
+from features.metadata import metadata_records, read_metadata
 from features.spec import FeatureSpec
 from model_handlers import forecaster
 from model_handlers.model_version import TRANSFORM, write_model_version
@@ -64,6 +65,16 @@ def _new_network(spec: FeatureSpec, training: TrainingSettings) -> tuple[nn.Modu
     return Autoencoder(len(spec.feature_names), training.hidden), architecture, save_network
 
 
+def device_metadata(spec: FeatureSpec, training: TrainingSettings) -> dict[str, dict[str, Any]] | None:
+    """The device metadata records training joins, by device id (None when the spec uses no metadata)."""
+    if not spec.metadata:
+        return None
+    if training.device_metadata is None:
+        raise ValueError("training.device_metadata: features.metadata lists device metadata fields: name the file "
+                         "(CSV or Parquet, one row per device) training joins them from")
+    return metadata_records(read_metadata(training.device_metadata, spec.metadata), spec.metadata)
+
+
 def train_and_register(train_table: Path, eval_table: Path, spec: FeatureSpec, training: TrainingSettings,
                        work_dir: Path,
                        tracking_uri: str, model_name: str, options: PipelineOptions, promote: bool = False,
@@ -72,15 +83,18 @@ def train_and_register(train_table: Path, eval_table: Path, spec: FeatureSpec, t
     check_tracking_server(tracking_uri)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     spec = fitted_spec(read_frame(train_table), spec)
+    metadata = device_metadata(spec, training)
     network, architecture, save = _new_network(spec, training)  # before any work: a bad model config fails here
     bundle_dir = work_dir / "bundles" / run_id
     scratch = work_dir / "features" / run_id
-    train_shards = run_feature_pipeline(train_table, spec, bundle_dir / TRANSFORM, scratch / "train", True, options)
+    train_shards = run_feature_pipeline(train_table, spec, bundle_dir / TRANSFORM, scratch / "train", True, options,
+                                        metadata)
     train, holdout = split_holdout([shard.features[shard.full_windows(spec.window)] for shard in train_shards],
                                    training.holdout_fraction)
     fit = fit_network(network, train, holdout, training.epochs, training.batch_size, training.learning_rate,
                       training.threshold_quantile, training.threshold_margin, training.seed, training.device, progress)
-    eval_shards = run_feature_pipeline(eval_table, spec, bundle_dir / TRANSFORM, scratch / "eval", False, options)
+    eval_shards = run_feature_pipeline(eval_table, spec, bundle_dir / TRANSFORM, scratch / "eval", False, options,
+                                       metadata)
     labels_by_id = read_frame(eval_table).set_index("event_id")["label"]
     event_ids = np.concatenate([shard.event_ids[shard.full_windows(spec.window)] for shard in eval_shards])
     labels = labels_by_id.reindex(event_ids).to_numpy()

@@ -15,6 +15,7 @@ from inference_pipeline.config import Config, ConfigError
 from inference_pipeline.connectors.replay import ReplaySettings
 from inference_pipeline.connectors.sqlite import results_path
 from inference_pipeline.evaluation import accuracy, report
+from inference_pipeline.jobs.features import with_device_metadata
 from inference_pipeline.runtime.results_lock import hold_results, sqlite_paths
 from inference_pipeline.jobs.vertex import publish_trained
 from inference_pipeline.runtime.run import event_rules, run_pipeline
@@ -96,6 +97,7 @@ def train_simulated(config: Config, promote: bool = False, progress: bool = True
     """Simulate the configured fleet, train and register a version on it, and resolve ``model.uri`` to a model version."""
     LOG.info("simulating %d devices", config.simulation.devices)
     data = simulate_datasets(config)
+    config = with_device_metadata(config, data.devices)
     LOG.info("training and registering")
     training = train_and_register(data.train, data.eval, config.features, config.training, config.work_path,
                                   config.tracking_uri, model_name(config), pipeline_options(config), promote,
@@ -110,6 +112,7 @@ def train_from_tables(config: Config, train: Path | None, evaluation: Path | Non
     if train is None or evaluation is None:
         data = simulate_datasets(config)
         train, evaluation = data.train, data.eval
+        config = with_device_metadata(config, data.devices)
     run = train_and_register(train, evaluation, config.features, config.training, config.work_path,
                              config.tracking_uri, model_name(config), pipeline_options(config), promote)
     publish_trained(config, run)

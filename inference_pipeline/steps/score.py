@@ -64,7 +64,8 @@ def to_predictions(batch: FeatureBatch, output: ModelOutput, threshold: float, w
         device_id=device_id, event_ids=events.event_ids, event_time=events.ts, received_at=events.received_at,
         processing_time=time.time(), raw_score=raw, anomaly_score=anomaly, threshold=threshold,
         window_fill=batch.filled, window=window, model_name=output.model.name, model_version=output.model.version,
-        imputed=imputed_sensors(batch.imputed, sensors), state=batch.state, notice=events.notice, late=batch.late)
+        imputed=imputed_sensors(batch.imputed, sensors), state=batch.state, notice=events.notice, late=batch.late,
+        enrichment=events.enrichment)
     if output.class_probabilities is not None:
         predictions.label = output.label.tolist()
         predictions.class_probabilities = _per_row(output.class_names, output.class_probabilities,

@@ -176,7 +176,8 @@ def test_sensors_follow_the_operating_physics():
 def test_device_table_is_derived_from_the_ids():
     ids = ["pump-000", "motor-003", "pump-009", "pump-000"]
     table = device_table(ids)
-    assert list(table.columns) == ["device_id", "kind", "site", "line"]
+    assert list(table.columns) == ["device_id", "kind", "site", "line", "machine_type", "install_date",
+                                   "last_service", "rated_power_kw", "rated_max_temp_c"]
     assert table["device_id"].tolist() == ["pump-000", "motor-003", "pump-009"]
     assert table["kind"].tolist() == ["pump", "motor", "pump"]
     pd.testing.assert_frame_equal(table, device_table(ids))
