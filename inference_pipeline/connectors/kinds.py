@@ -3,6 +3,7 @@ Adding a kind is one settings class, one factory and one entry here."""
 from __future__ import annotations
 
 from inference_pipeline.connectors.base import SinkFactory, SourceFactory
+from inference_pipeline.connectors.bigquery import BigQuerySettings, BigQuerySink
 from inference_pipeline.connectors.mqtt.settings import MqttSinkSettings, MqttSourceSettings
 from inference_pipeline.connectors.mqtt.sink import MqttSink
 from inference_pipeline.connectors.mqtt.source import mqtt_source
@@ -22,4 +23,5 @@ SINKS: dict[type, SinkFactory] = {
     MqttSinkSettings: MqttSink,
     PubSubSinkSettings: PubSubSink,
     PostgresSettings: PostgresSink,
+    BigQuerySettings: BigQuerySink,
 }
