@@ -115,6 +115,16 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return serve(ServerOptions(artifacts, args.host, args.port, args.workers, args.db_name, args.basic_auth))
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    from inference_pipeline.jobs.features import push_device_metadata
+
+    config = _config(args)
+    written = push_device_metadata(config, args.source_file)
+    print(f"pushed the metadata of {written} devices from {args.source_file} to the {config.enrichment.store.store} "
+          "online store")
+    return 0
+
+
 def cmd_vertex(args: argparse.Namespace) -> int:
     from inference_pipeline.jobs import vertex
 
@@ -127,6 +137,17 @@ def cmd_vertex(args: argparse.Namespace) -> int:
                                accelerator_count=args.accelerator_count, min_replicas=args.min_replicas,
                                max_replicas=args.max_replicas, traffic_percentage=args.traffic_percentage)
     print(vertex.describe_deployment(config, deployment, args.model))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from inference_pipeline.jobs import deploy
+
+    config = _config(args, {"dataflow.update": True if getattr(args, "update", False) else None})
+    if args.action == "stage-model":
+        print(deploy.stage(config))
+    else:
+        print(deploy.deploy_dataflow(config, args.dry_run, args.output))
     return 0
 
 
@@ -225,6 +246,13 @@ def parser() -> argparse.ArgumentParser:
                         help="MLflow's basic-auth app (MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_ADMIN_PASSWORD)")
     registry.set_defaults(func=cmd_registry)
 
+    features = commands.add_parser("features", help="device metadata in the online feature store (enrichment)")
+    pushed = features.add_subparsers(dest="action", required=True).add_parser(
+        "push", help="load a device metadata table (CSV or Parquet, one row per device) into the online store")
+    _common(pushed)
+    pushed.add_argument("--from", dest="source_file", required=True, help="the device metadata file")
+    pushed.set_defaults(func=cmd_features)
+
     vertex = commands.add_parser("vertex", help="Vertex AI Model Registry and endpoints (model.vertex)")
     steps = vertex.add_subparsers(dest="action", required=True)
     uploaded = steps.add_parser("upload", help="put a registered version into the Vertex AI Model Registry, its "
@@ -247,6 +275,21 @@ def parser() -> argparse.ArgumentParser:
     for step in (uploaded, deployed):
         _common(step)
     vertex.set_defaults(func=cmd_vertex)
+
+    deploy = commands.add_parser("deploy", help="the streaming job on Dataflow (docs/deploy.md)")
+    targets = deploy.add_subparsers(dest="action", required=True)
+    dataflow = targets.add_parser("dataflow", help="check, submit and return with the job id and console URL "
+                                                   "(configs/dataflow.yaml)")
+    dataflow.add_argument("--dry-run", action="store_true", help="build the whole job offline, submit nothing")
+    dataflow.add_argument("--output", type=Path, help="with --dry-run: the job JSON (default "
+                                                      "<work_dir>/dataflow-job.json)")
+    dataflow.add_argument("--update", action="store_true", help="replace the running job of dataflow.job_name "
+                                                                "(dataflow.transform_name_mapping: renamed steps)")
+    staged = targets.add_parser("stage-model", help="copy the model.uri version to dataflow.model_location for the "
+                                                    "workers")
+    for target in (dataflow, staged):
+        _common(target)
+    deploy.set_defaults(func=cmd_deploy)
 
     score = commands.add_parser("score", help="causal backfill scoring of CSV time series (unsupervised)")
     score.add_argument("--input", required=True, help="a CSV file or a folder of CSVs")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from features.spec import FeatureSpec
 from inference_pipeline.connectors.base import ConnectorSettings, Sink, SinkContext, SinkSettings
+from inference_pipeline.connectors.feature_stores import EnrichmentSettings
 from inference_pipeline.connectors.kinds import SINKS, SOURCES
 from inference_pipeline.connectors.mqtt.settings import MqttSourceSettings
 from inference_pipeline.connectors.replay import ReplaySettings
@@ -54,6 +55,98 @@ def check_dedup_covers_redelivery(source: ConnectorSettings, dedup: DedupSetting
             "raise dedup.max_ids_per_device or lower source.mqtt.max_inflight")
 
 
+DATAFLOW_RUNNERS = ("DataflowRunner", "apache_beam.runners.dataflow.dataflow_runner.DataflowRunner")
+# The machine family each accelerator is attached to (the rest: n1); Compute Engine's GPU platforms.
+GPU_MACHINE_FAMILIES = {"nvidia-l4": "g2", "nvidia-tesla-a100": "a2", "nvidia-a100-80gb": "a2",
+                        "nvidia-h100-80gb": "a3", "nvidia-h100-mega-80gb": "a3"}
+_GCS_PATH = r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$"
+_LABEL = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+class DataflowGpu(BaseModel):
+    """``type``: the accelerator on every worker (``nvidia-l4``, ``nvidia-tesla-t4``, ...); ``count`` per worker;
+    ``driver``: the NVIDIA driver Dataflow installs, ``install-nvidia-driver:<driver>`` (empty: its default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str = Field(pattern=r"^nvidia-[a-z0-9-]+$")
+    count: int = Field(1, ge=1, le=8)
+    driver: str = Field("latest", pattern=r"^[a-z0-9.]*$")
+
+    @property
+    def service_option(self) -> str:
+        """Dataflow's ``worker_accelerator`` service option."""
+        install = f"install-nvidia-driver:{self.driver}" if self.driver else "install-nvidia-driver"
+        return f"worker_accelerator=type:{self.type};count:{self.count};{install}"
+
+
+class DataflowSettings(BaseModel):
+    """The Dataflow job (docs/deploy.md): ``project``, ``region``, ``temp_location`` (an existing bucket);
+    ``model_location``: the served version's copy the workers read (``iotml deploy stage-model``; default
+    ``<temp_location>/models``); ``worker_image`` (deploy/worker); ``job_name``: stable, as an update finds the running
+    job by it; ``machine_type``; ``gpu`` (none: CPU workers); ``min_workers``/``max_workers``: autoscaling bounds;
+    ``service_account``: the workers' identity; ``network``/``subnetwork``; ``public_ips`` (false: private IPs, the
+    subnetwork needs Private Google Access); ``labels``; ``at_least_once``: Dataflow's at-least-once streaming mode
+    (dedup drops redelivered events); ``update``: replace the running job in place, ``transform_name_mapping``
+    naming renamed steps (old -> new); ``experiments``: Dataflow experiments."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+    region: str = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+$")
+    temp_location: str = Field(pattern=_GCS_PATH)
+    model_location: str | None = Field(None, pattern=_GCS_PATH)
+    worker_image: str = Field(pattern=r"^[^\s:/]+(:\d+)?/\S+$")
+    job_name: str = Field("iotml-stream", pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+    machine_type: str = "g2-standard-4"
+    gpu: DataflowGpu | None = None
+    min_workers: int = Field(1, ge=1)
+    max_workers: int = Field(4, ge=1)
+    disk_size_gb: int | None = Field(None, ge=10)
+    service_account: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$")
+    network: str | None = None
+    subnetwork: str | None = None
+    public_ips: bool = False
+    labels: dict[Annotated[str, Field(pattern=_LABEL)], Annotated[str, Field(pattern=r"^[a-z0-9_-]{0,63}$")]] = {}
+    at_least_once: bool = False
+    update: bool = False
+    transform_name_mapping: dict[str, str] = {}
+    experiments: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataflowSettings:
+        if self.max_workers < self.min_workers:
+            raise ValueError(f"max_workers ({self.max_workers}) is below min_workers ({self.min_workers})")
+        if self.gpu is not None:
+            family = GPU_MACHINE_FAMILIES.get(self.gpu.type, "n1")
+            if not self.machine_type.startswith(f"{family}-"):
+                raise ValueError(f"machine_type: {self.gpu.type} GPUs are attached to {family} machine types, "
+                                 f"not {self.machine_type}")
+        return self
+
+    @property
+    def models(self) -> str:
+        """Where staged versions are copied for the workers."""
+        return self.model_location or f"{self.temp_location.rstrip('/')}/models"
+
+
+def check_dataflow_deployment(config: Config) -> None:
+    """What cannot run on Dataflow, refused at load: a worker's disk is no results store, and the workers receive
+    only the staged ``model.uri`` version; they watch a registry only if they can reach it."""
+    for name, sink in config.sinks.items():
+        if isinstance(sink, SqliteSettings):
+            raise ValueError(f"sinks.{name}.kind: sqlite writes a file on one worker's disk, lost with the worker: "
+                             "on Dataflow write results to bigquery, postgres or pubsub sinks")
+    for field in ("groups", "shadow"):
+        if getattr(config.model, field):
+            raise ValueError(f"model.{field}: not served on Dataflow (its versions are not staged for the workers)")
+    tracking = config.model.tracking_uri or ""
+    if config.model.watch_s and config.model.uri.startswith("models:/") and not tracking.startswith("http"):
+        raise ValueError("model.watch_s: Dataflow workers cannot reach this MLflow registry to watch its alias: "
+                         "set model.tracking_uri to an http(s) tracking server, or model.watch_s: 0 (promote by "
+                         "updating the job)")
+
+
 class Config(BaseModel):
     """One deployment. Build it with ``load_config``: ``model``, ``source`` and ``sinks`` take the registered kinds."""
 
@@ -69,8 +162,10 @@ class Config(BaseModel):
     alerting: AlertSettings = AlertSettings()
     sinks: dict[str, SinkSettings] = Field(default_factory=lambda: {"results": SqliteSettings()})
     dedup: DedupSettings = DedupSettings()
+    enrichment: EnrichmentSettings | None = None
     devices: FleetSettings = FleetSettings()
     pipeline_options: dict[str, Any] = Field(default_factory=dict)
+    dataflow: DataflowSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -109,6 +204,12 @@ class Config(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _runs_on_dataflow(self) -> Config:
+        if self.on_dataflow:
+            check_dataflow_deployment(self)
+        return self
+
+    @model_validator(mode="after")
     def _sinks_can_be_built(self) -> "Config":
         """Sinks that default from the deployment (an MQTT sink sharing the source's broker) fail here, at load."""
         self.build_sinks()
@@ -124,6 +225,13 @@ class Config(BaseModel):
             except ValueError as exc:
                 raise ValueError(f"sinks.{name}.{exc}") from None
         return sinks
+
+    @property
+    def on_dataflow(self) -> bool:
+        """Whether the stream runs on Dataflow: ``pipeline_options.runner`` names it, or names no runner and a
+        ``dataflow`` section is set."""
+        runner = self.pipeline_options.get("runner")
+        return runner in DATAFLOW_RUNNERS or (runner is None and self.dataflow is not None)
 
     @property
     def work_path(self) -> Path:

@@ -102,7 +102,14 @@ def drain_on_signals(stop: Callable[[bool], None]) -> Iterator[None]:
 
 def run_stream(config: Config) -> int:
     """``iotml stream``: resolve the model from the registry, run until the source ends or is stopped, log totals.
-    Throughout, it holds the results lock of every SQLite sink it writes (``iotml run`` refuses to delete them)."""
+    Throughout, it holds the results lock of every SQLite sink it writes (``iotml run`` refuses to delete them).
+    On Dataflow it checks the launch's requirements, submits the job, prints its id and console URL and returns
+    (``runtime.dataflow``)."""
+    if config.on_dataflow:
+        from inference_pipeline.runtime.dataflow import launch
+
+        print(launch(config).describe())
+        return 0
     with hold_results(sqlite_paths(config.sinks, config.work_path)):
         version = resolve_model_version(config.model.uri, config.tracking_uri, config.work_path / "models",
                                         config.model.vertex)
