@@ -80,26 +80,32 @@ def offline(monkeypatch, tmp_path):
         monkeypatch.setenv(variable, str(value))
 
 
+def assert_streams_on_gpu_workers_of_the_custom_container_through_every_step(job: dict) -> None:
+    environment, [pool] = job["environment"], job["environment"]["workerPools"]
+    assert job["type"] == "JOB_TYPE_STREAMING" and environment["version"]["job_type"] == "FNAPI_STREAMING"
+    assert environment["sdkPipelineOptions"]["options"]["streaming"] is True
+    assert "enable_streaming_engine" in environment["experiments"]
+    assert GPU_OPTION in environment["serviceOptions"]
+    assert pool["workerHarnessContainerImage"] == WORKER_IMAGE
+    assert [image["containerImage"] for image in pool["sdkHarnessContainerImages"]] == [WORKER_IMAGE]
+    names = {step["name"] for step in job["steps"]}
+    assert not [step for step in STEPS if step not in names]
+
+
 def test_dry_run_writes_the_whole_gpu_streaming_job_offline(trained, offline, tmp_path, capsys):
     output = tmp_path / "job.json"
     assert main(["deploy", "dataflow", *deployment(trained, tmp_path / "work"), "--dry-run",
                  "--output", str(output)]) == 0
     assert "nothing submitted" in capsys.readouterr().out
     job = json.loads(output.read_text())
+    assert_streams_on_gpu_workers_of_the_custom_container_through_every_step(job)
     environment, [pool] = job["environment"], job["environment"]["workerPools"]
-    assert job["type"] == "JOB_TYPE_STREAMING" and environment["version"]["job_type"] == "FNAPI_STREAMING"
-    assert environment["sdkPipelineOptions"]["options"]["streaming"] is True
-    assert "enable_streaming_engine" in environment["experiments"]
-    assert GPU_OPTION in environment["serviceOptions"] and "min_num_workers=1" in environment["serviceOptions"]
-    assert pool["workerHarnessContainerImage"] == WORKER_IMAGE
-    assert [image["containerImage"] for image in pool["sdkHarnessContainerImages"]] == [WORKER_IMAGE]
+    assert "min_num_workers=1" in environment["serviceOptions"]
     assert (pool["machineType"], pool["numWorkers"], pool["autoscalingSettings"]["maxNumWorkers"]) == (
         "g2-standard-4", 1, 4)
     assert pool["ipConfiguration"] == "WORKER_IP_PRIVATE" and pool["network"] == "iotml"
     assert environment["serviceAccountEmail"] == "iotml-worker@my-project.iam.gserviceaccount.com"
     assert job["labels"] == {"app": "iotml", "team": "reliability"}
-    names = {step["name"] for step in job["steps"]}
-    assert not [step for step in STEPS if step not in names]
 
 
 def test_dry_run_serves_the_vertex_endpoint_handler_of_the_local_stand_in(trained, stand_in, tmp_path, capsys):
@@ -115,10 +121,7 @@ def test_dry_run_serves_the_vertex_endpoint_handler_of_the_local_stand_in(traine
     output = tmp_path / "job.json"
     assert main(["deploy", "dataflow", *deployment(trained, tmp_path / "work", model=vertex_model), "--dry-run",
                  "--output", str(output)]) == 0
-    job = json.loads(output.read_text())
-    names = {step["name"] for step in job["steps"]}
-    assert not [step for step in STEPS if step not in names]
-    assert GPU_OPTION in job["environment"]["serviceOptions"]
+    assert_streams_on_gpu_workers_of_the_custom_container_through_every_step(json.loads(output.read_text()))
 
 
 @pytest.mark.parametrize("command,config", [("stream", PUBSUB), ("deploy dataflow", DATAFLOW)])
