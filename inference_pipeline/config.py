@@ -38,6 +38,7 @@ SIMULATOR_SENSORS = (
     "flow_rate", "pressure", "motor_current", "vibration_rms", "bearing_temp", "motor_temp", "voltage", "rpm",
 )
 DEFAULT_KINDS = {"model": ("handler", "torch"), "source": ("kind", "replay")}
+TAGS = ("kind", "handler", "store")  # the discriminators of the config's unions
 
 
 class ConfigError(ValueError):
@@ -285,10 +286,11 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _field(loc: tuple, data: Any) -> str:
-    """The dotted field of an error location, without the kind tag pydantic inserts after a union's field."""
+    """The dotted field of an error location, without the tag (``TAGS``) pydantic inserts after a union's field."""
     parts, node, tag_seen = [], data, False
     for part in loc:
-        tag = node.get("kind", node.get("handler")) if isinstance(node, Mapping) else None
+        tag = next((node[key] for key in TAGS if isinstance(node.get(key), str)), None) \
+            if isinstance(node, Mapping) else None
         if tag is not None and part == tag and not tag_seen:
             tag_seen = True
             continue

@@ -61,6 +61,14 @@ def test_a_device_missing_from_the_store_gets_defaults_flagged_and_counted(tmp_p
     assert counters["enrichment_missing_keys"] >= 1 and counters.get("enrichment_store_errors", 0) == 0
 
 
+def test_a_version_using_metadata_without_a_store_fails_at_start_naming_enrichment(tmp_path, trained_enriched):
+    _, stream, _ = _stream(tmp_path, 1, 10)
+    config = _config(tmp_path, trained_enriched, stream, "127.0.0.1:6379")
+    config = config.model_copy(update={"enrichment": None})
+    with pytest.raises(ValueError, match=r"^enrichment: .* uses device metadata features"):
+        create_pipeline(config, trained_enriched.version, event_rules(config, trained_enriched.version))
+
+
 def test_a_store_killed_mid_stream_and_restarted_loses_nothing_and_never_stalls(
         shared_broker, trained_enriched, tmp_path, fleet_devices, private_redis):
     """A live MQTT stream at 500 events/s; 2 s in, the store is killed for 2 s, then restarted (its data on disk)."""

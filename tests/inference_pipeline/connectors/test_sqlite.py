@@ -38,7 +38,9 @@ from inference_pipeline.results import (
 def _prediction_rows(db, device, rows):
     with connect(db) as connection:
         connection.executemany(
-            "INSERT INTO predictions VALUES (?, ?, ?, 0, 0, 0, 0, 0.5, 0, 30, 'm', '1', NULL, NULL, NULL, NULL, 0)",
+            "INSERT INTO predictions (event_id, device_id, event_time, received_at, processing_time, anomaly_score, "
+            "raw_score, threshold, is_anomaly, window_fill, model_name, model_version, late) "
+            "VALUES (?, ?, ?, 0, 0, 0, 0, 0.5, 0, 30, 'm', '1', 0)",
             [(event_id, device, ts) for event_id, ts in rows])
 
 
@@ -93,7 +95,9 @@ def test_retention_deletes_by_age_and_keeps_the_newest_rows_and_open_alerts(tmp_
     db = tmp_path / "results.db"
     with connect(db) as connection:
         connection.executemany(
-            "INSERT INTO predictions VALUES (?, 'd', ?, ?, 0, 0, 0, 0.5, 0, 30, 'm', '1', NULL, NULL, NULL, NULL, 0)",
+            "INSERT INTO predictions (event_id, device_id, event_time, received_at, processing_time, anomaly_score, "
+            "raw_score, threshold, is_anomaly, window_fill, model_name, model_version, late) "
+            "VALUES (?, 'd', ?, ?, 0, 0, 0, 0.5, 0, 30, 'm', '1', 0)",
             [(f"e{i}", float(i), float(i)) for i in range(100)])
         connection.executemany("INSERT INTO alerts VALUES (?, 'd', 0, ?, 1, 1, ?, 'm', '1', 'anomaly', NULL)",
                                [("old-closed", 5.0, "closed"), ("old-open", None, "open")])

@@ -88,3 +88,39 @@ def test_hung_store_is_bounded_by_its_timeout(tmp_path, private_redis):
     started = time.monotonic()
     assert [_joined(lookup, "d1").enrichment for _ in range(50)] == ["stale"] * 50  # cooling down: no waits
     assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize("store, handler_class", [
+    ({"store": "bigtable", "project": "p", "instance": "i", "table": "devices"}, "BigTableEnrichmentHandler"),
+    ({"store": "vertex_feature_store", "project": "p", "location": "europe-west1", "feature_store": "fs",
+      "feature_view": "devices"}, "VertexAIFeatureStoreEnrichmentHandler"),
+])
+def test_gcp_stores_are_beams_handlers_and_without_credentials_give_defaults(store, handler_class, monkeypatch,
+                                                                             tmp_path):
+    """Chosen by config, each store is Beam's own handler, built on first use (on the worker): here, with no Google
+    Cloud credentials or network, the lookup fails, is retried, and the batch goes on with the defaults."""
+    from inference_pipeline.config import validate_config
+
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr("google.auth.compute_engine._metadata._NO_GCE_CHECK", True)  # not on Google Cloud
+    config = validate_config({"enrichment": {"store": store, "retry": {"attempts": 2, "initial_s": 0.01}}})
+    if store["store"] == "bigtable":
+        assert type(config.enrichment.store.lookup_handler(FIELDS, 0.5)).__name__ == handler_class
+    lookup = DeviceMetadataLookup(config.enrichment, FIELDS)
+    lookup.__enter__()
+    started = time.monotonic()
+    request, answer = lookup(("d1", _batch("d1")))
+    assert answer.flag == "unavailable" and answer.record is None
+    assert answer.counts == {"enrichment_store_errors": 2, "enrichment_defaulted_batches": 1}
+    assert time.monotonic() - started < 20
+    assert JoinMetadata()(request, answer)[1].enrichment == "unavailable"
+
+
+def test_a_store_section_with_a_bad_field_fails_at_load_naming_it():
+    from inference_pipeline.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=r"enrichment\.store\.online_store"):
+        validate_config({"enrichment": {"store": {"store": "feast", "online_store": "redis,password=x"}}})
+    with pytest.raises(ConfigError, match=r"enrichment\.store\.store"):
+        validate_config({"enrichment": {"store": {"store": "dynamo"}}})
