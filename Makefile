@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/iotml run --config configs/local.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/replay_throughput.py --events 200000

@@ -20,6 +20,19 @@ def _leaked(texts) -> list[str]:
     return [secret for secret in TEST_SECRETS if any(secret in text for text in texts)]
 
 
+# `make test` runs the files on two processes (pytest-xdist, one file to one process): the folders whose files run
+# longest (notebooks, live integration) go first, so no long file starts last and keeps one process busy alone.
+LONG_FIRST = ("notebooks", "integration", "training")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        folder = item.path.relative_to(REPO / "tests").parts[0]
+        return LONG_FIRST.index(folder) if folder in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A test whose captured output or logs (all phases, as the teardown report holds them) show a test password
