@@ -110,6 +110,11 @@ def metadata_matrix(fields: Sequence[MetadataField], record: Mapping[str, Any] |
     return np.stack(columns, axis=1).astype(np.float32)
 
 
+def without_entity(response: Mapping[str, Any]) -> dict[str, Any]:
+    """A store's answer for a device as its record: every field but the device id it was looked up by."""
+    return {name: value for name, value in response.items() if name != ENTITY}
+
+
 def missing_fields(fields: Sequence[MetadataField], record: Mapping[str, Any] | None) -> list[str]:
     """The fields ``record`` lacks (None or absent), which take their defaults."""
     record = record or {}

@@ -21,12 +21,12 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from features.artifact_trust import trusted_attributes
 from features.spec import FeatureSpec
-from model_handlers.manifest import verify_manifest, write_manifest
+from model_handlers.manifest import MANIFEST, UntrustedModelError, verify_manifest, write_manifest
 
 META = "model.json"
 WEIGHTS = "model.safetensors"
@@ -114,6 +114,25 @@ def download_version(target: Path, fetch: Callable[[Path], Path]) -> None:
             folder.rename(target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def version_files(manifest: bytes) -> list[str]:
+    """The files a manifest lists, refused if any would land outside the version's folder."""
+    files = list(json.loads(manifest)["files"])
+    for relative in files:
+        path = PurePosixPath(relative)
+        if path.is_absolute() or ".." in path.parts:
+            raise UntrustedModelError(f"{MANIFEST} lists {relative!r}, outside the version's folder; refused")
+    return files
+
+
+def upload_version_files(version: ModelVersion, bucket: Any, prefix: str, **upload: Any) -> None:
+    """Copy ``version``'s files under ``prefix`` of a Cloud Storage ``bucket`` (google-cloud-storage): those its
+    manifest lists, then the manifest, so a copy that has a manifest is whole; ``upload``: ``upload_from_filename``
+    options (a timeout)."""
+    manifest = (version.path / MANIFEST).read_bytes()
+    for relative in [*version_files(manifest), MANIFEST]:
+        bucket.blob(f"{prefix}/{relative}").upload_from_filename(str(version.path / relative), **upload)
 
 
 def write_model_version(path: Path, spec: FeatureSpec, architecture: dict[str, Any], threshold: float,

@@ -22,14 +22,13 @@ the service's own label, alias and machine rules, and the serving container on r
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-from model_handlers.manifest import MANIFEST, verify_manifest
-from model_handlers.model_version import ModelVersion
+from model_handlers.manifest import verify_manifest
+from model_handlers.model_version import ModelVersion, upload_version_files
 from model_handlers.vertex import (DEFAULT_ALIAS, MLFLOW_NAME_LABEL, MLFLOW_VERSION_LABEL, TRANSFORM_LABEL,
                                    VertexProject, check_alias, credentials_of, digest_labels, find_model,
                                    init_aiplatform, is_vertex_uri, recorded_digest, vertex_model_version)
@@ -122,11 +121,6 @@ def _uploaded(parent: Any, labels: Mapping[str, str], version: ModelVersion) -> 
     return found[0] if found else None
 
 
-def staged_files(version: ModelVersion) -> list[str]:
-    """The files a version is: those its (verified) manifest lists, and the manifest."""
-    return [*json.loads((version.path / MANIFEST).read_text())["files"], MANIFEST]
-
-
 def _stage(version: ModelVersion, manifest_sha256: str, project: VertexProject) -> str:
     """Upload the version's files to ``<staging_bucket>/iotml-models/<name>/<version>-<digest>/`` (one POST
     /upload/storage/v1/b/<bucket>/o each); its gs:// folder. (aiplatform's own staging of a local folder globs it,
@@ -138,8 +132,7 @@ def _stage(version: ModelVersion, manifest_sha256: str, project: VertexProject) 
     prefix = "/".join(part for part in (folder.strip("/"), "iotml-models", label_value(version.name),
                                         f"{version.version}-{manifest_sha256[:16]}") if part)
     staging = storage.Client(project=project.project, credentials=credentials_of(project)).bucket(bucket)
-    for relative in staged_files(version):
-        staging.blob(f"{prefix}/{relative}").upload_from_filename(str(version.path / relative))
+    upload_version_files(version, staging, prefix)
     return f"gs://{bucket}/{prefix}"
 
 

@@ -9,8 +9,9 @@ the table's rows to the online store; the stream reads them through Beam's own
 
 The Redis connection string carries ``timeout_s`` as its socket timeouts and turns the driver's own retries off
 (redis-py retries a timeout three times with backoff up to 10 s by default), so a store that is down or hung fails
-a lookup within that time and the enrichment step's bounded retries and fallback apply (``steps.enrich``). A password is never
-written to the repo: ``password_env`` names an environment variable that Feast expands when it reads the file.
+a lookup within that time and the enrichment step's bounded retries and fallback apply (``steps.enrich``). A
+password is never written to the repo: ``password_env`` names an environment variable that Feast expands when it
+reads the file.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.metadata import ENTITY, MetadataField
+from features.metadata import ENTITY, MetadataField, without_entity
 
 if TYPE_CHECKING:
     from apache_beam.transforms.enrichment import EnrichmentSourceHandler
@@ -74,7 +75,7 @@ class FeastSettings(BaseModel):
 
     def record(self, response: Mapping[str, Any]) -> dict[str, Any]:
         """The handler's answer as a record (an unknown device: every field None)."""
-        return {name: value for name, value in response.items() if name != ENTITY}
+        return without_entity(response)
 
 
 def _definitions(settings: FeastSettings, fields: Sequence[MetadataField], source: Path) -> list:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.metadata import ENTITY, MetadataField
+from features.metadata import ENTITY, MetadataField, without_entity
 
 if TYPE_CHECKING:
     from apache_beam.transforms.enrichment import EnrichmentSourceHandler
@@ -35,4 +35,4 @@ class VertexFeatureStoreSettings(BaseModel):
             self.feature_store, self.feature_view, row_key=ENTITY)
 
     def record(self, response: Mapping[str, Any]) -> dict[str, Any]:
-        return {name: value for name, value in response.items() if name != ENTITY}
+        return without_entity(response)

@@ -18,9 +18,9 @@ from inference_pipeline.evaluation import accuracy, report
 from inference_pipeline.jobs.features import with_device_metadata
 from inference_pipeline.runtime.results_lock import hold_results, sqlite_paths
 from inference_pipeline.jobs.vertex import publish_trained
-from inference_pipeline.runtime.run import event_rules, run_pipeline
+from inference_pipeline.runtime.run import configured_version, event_rules, run_pipeline
 from model_handlers.model_version import ModelVersion
-from model_handlers.resolve import is_registry_uri, parse_model_uri, resolve_model_version
+from model_handlers.resolve import is_registry_uri, parse_model_uri
 from training.malformed import mix_in_malformed
 from training.settings import SimulationSettings
 from training.simulate import device_table, iter_payloads, simulate_fleet, write_frame
@@ -94,7 +94,8 @@ def summarise(data: SimulatedData, training: TrainingRun, version: ModelVersion,
 
 def train_simulated(config: Config, promote: bool = False, progress: bool = True
                     ) -> tuple[SimulatedData, TrainingRun, ModelVersion]:
-    """Simulate the configured fleet, train and register a version on it, and resolve ``model.uri`` to a model version."""
+    """Simulate the configured fleet, train and register a version on it, and resolve ``model.uri`` to a model
+    version."""
     LOG.info("simulating %d devices", config.simulation.devices)
     data = simulate_datasets(config)
     config = with_device_metadata(config, data.devices)
@@ -103,8 +104,7 @@ def train_simulated(config: Config, promote: bool = False, progress: bool = True
                                   config.tracking_uri, model_name(config), pipeline_options(config), promote,
                                   progress)
     publish_trained(config, training)
-    return data, training, resolve_model_version(config.model.uri, config.tracking_uri,
-                                                                     config.work_path / "models", config.model.vertex)
+    return data, training, configured_version(config)
 
 
 def train_from_tables(config: Config, train: Path | None, evaluation: Path | None, promote: bool) -> TrainingRun:

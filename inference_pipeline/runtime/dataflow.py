@@ -20,9 +20,9 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from inference_pipeline.builder import create_pipeline
 from inference_pipeline.config import Config, DataflowSettings
 from inference_pipeline.runtime import preflight
+from inference_pipeline.runtime.run import configured_version, event_rules
 from inference_pipeline.runtime.staging import StagedVersion, stage_version, staged, staged_uri
 from model_handlers.model_version import ModelVersion
-from model_handlers.resolve import resolve_model_version
 
 DEFAULTS: dict[str, Any] = {"runner": "DataflowRunner", "streaming": True, "sdk_location": "container"}
 CONSOLE_URL = "https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
@@ -89,15 +89,8 @@ def model_root(config: Config, options: PipelineOptions) -> str:
     return f"{options.view_as(GoogleCloudOptions).temp_location.rstrip('/')}/models"
 
 
-def resolve(config: Config) -> ModelVersion:
-    """The version ``model.uri`` names now, downloaded from its registry and verified."""
-    return resolve_model_version(config.model.uri, config.tracking_uri, config.work_path / "models",
-                                 config.model.vertex)
-
-
 def _build(config: Config, version: StagedVersion, options: PipelineOptions) -> beam.Pipeline:
-    rules = config.events.rules(version.feature_spec.sensors, None)
-    return create_pipeline(config, version, rules, options).pipeline
+    return create_pipeline(config, version, event_rules(config, version), options).pipeline
 
 
 def dry_run_job(config: Config, version: ModelVersion | None = None) -> dict[str, Any]:
@@ -108,7 +101,7 @@ def dry_run_job(config: Config, version: ModelVersion | None = None) -> dict[str
     from apache_beam.runners.dataflow.internal import apiclient
     from google.protobuf import json_format
 
-    version = version or resolve(config)
+    version = version or configured_version(config)
     options = dataflow_options(config, dry_run=True, no_auth=True, update=False)
     pipeline = _build(config, staged(version, model_root(config, options)), options)
     job = pipeline.run().job
@@ -161,7 +154,7 @@ def _connect(config: Config) -> _Connected:
     cloud = options.view_as(GoogleCloudOptions)
     found = preflight.credentials(bool(cloud.no_auth))
     preflight.check_network(found)
-    return _Connected(options, resolve(config), preflight.storage_client(cloud.project, found),
+    return _Connected(options, configured_version(config), preflight.storage_client(cloud.project, found),
                       model_root(config, options))
 
 

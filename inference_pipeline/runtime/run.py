@@ -31,6 +31,12 @@ from model_handlers.resolve import resolve_model_version
 LOG = logging.getLogger(__name__)
 
 
+def configured_version(config: Config) -> ModelVersion:
+    """The version ``model.uri`` names now, downloaded from its registry (MLflow or Vertex AI) and verified."""
+    return resolve_model_version(config.model.uri, config.tracking_uri, config.work_path / "models",
+                                 config.model.vertex)
+
+
 def event_rules(config: Config, version: ModelVersion, devices_file: Path | None = None) -> EventRules:
     """Validation rules for the stream: the version's sensors and the configured device registry (if any)."""
     return config.events.rules(version.feature_spec.sensors, devices_file)
@@ -111,8 +117,7 @@ def run_stream(config: Config) -> int:
         print(launch(config).describe())
         return 0
     with hold_results(sqlite_paths(config.sinks, config.work_path)):
-        version = resolve_model_version(config.model.uri, config.tracking_uri, config.work_path / "models",
-                                        config.model.vertex)
+        version = configured_version(config)
         rules = event_rules(config, version)
         LOG.info("streaming with %s v%s from %s into %s", version.name, version.version, config.source.kind,
                  ", ".join(f"{name} ({settings.kind})" for name, settings in config.sinks.items()))

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from model_handlers.manifest import MANIFEST, UntrustedModelError
-from model_handlers.model_version import META, ModelVersion, download_version
+from model_handlers.model_version import META, ModelVersion, download_version, upload_version_files, version_files
 
 TRANSFER_TIMEOUT_S = 120.0
 WORKER_MODELS = "iotml-models"
@@ -34,26 +33,12 @@ def split_gcs(uri: str) -> tuple[str, str]:
     return bucket, name.strip("/")
 
 
-def _listed(manifest: bytes) -> list[str]:
-    """The files a manifest lists, refused if any would land outside the version's folder."""
-    files = list(json.loads(manifest)["files"])
-    for relative in files:
-        parts = PurePosixPath(relative).parts
-        if PurePosixPath(relative).is_absolute() or ".." in parts:
-            raise UntrustedModelError(f"{MANIFEST} lists {relative!r}, outside the version's folder; refused")
-    return files
-
-
 def stage_version(version: ModelVersion, root: str, client: Any) -> str:
     """Upload ``version``'s files under ``staged_uri(root, version)`` with ``client`` (google-cloud-storage), the
     manifest last, so a copy with a manifest is whole; returns the URI."""
     target = staged_uri(root, version)
     bucket_name, prefix = split_gcs(target)
-    bucket = client.bucket(bucket_name)
-    manifest = (version.path / MANIFEST).read_bytes()
-    for relative in [*_listed(manifest), MANIFEST]:
-        bucket.blob(f"{prefix}/{relative}").upload_from_filename(str(version.path / relative),
-                                                                 timeout=TRANSFER_TIMEOUT_S)
+    upload_version_files(version, client.bucket(bucket_name), prefix, timeout=TRANSFER_TIMEOUT_S)
     return target
 
 
@@ -115,7 +100,7 @@ def _download(uri: str, digest: str | None, partial: Path) -> Path:
     if hashlib.sha256(manifest).hexdigest() != digest:
         raise UntrustedModelError(f"the model version staged at {uri} is not the one the job was launched with "
                                   f"(its manifest differs); refused")
-    for relative in _listed(manifest):
+    for relative in version_files(manifest):
         target = partial / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         bucket.blob(f"{prefix}/{relative}").download_to_filename(str(target), timeout=TRANSFER_TIMEOUT_S)
