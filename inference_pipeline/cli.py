@@ -160,6 +160,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from inference_pipeline.jobs.benchmark import DEFAULT_CONFIG, run_benchmark
+
+    if args.config is None:
+        args.config = DEFAULT_CONFIG
+    preset = None if args.preset == "csv" else args.preset
+    result = run_benchmark(_config(args), Path(args.data), preset, args.train_rows, args.timestamp_column,
+                           args.label_column)
+    print(result.text)
+    print(f"plot: {result.plot}")
+    if args.json:
+        print(json.dumps(result.summary))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from inference_pipeline.evaluation.report import format_summary
     from inference_pipeline.jobs.main_job import run_main_job
@@ -298,6 +313,18 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--value-columns", help="comma-separated; default: every numeric column")
     score.add_argument("--warmup-rows", type=int, default=None, help="rows per file used to warm up (default 400)")
     score.set_defaults(func=cmd_score)
+
+    bench = commands.add_parser("benchmark", help="labelled series through the streaming pipeline: F1, FAR, MAR, "
+                                                  "events, delays (a preset or any labelled CSV)")
+    _common(bench)
+    bench.add_argument("preset", choices=["skab", "csv"], help="skab: SKAB's outlier protocol and leaderboard; "
+                                                              "csv: any labelled CSV or folder of CSVs")
+    bench.add_argument("--data", required=True, help="a labelled CSV file or a folder of them")
+    bench.add_argument("--train-rows", type=int, default=None, help="training rows per series (default 400)")
+    bench.add_argument("--timestamp-column")
+    bench.add_argument("--label-column", help="0/1 per row (default: a column named anomaly, label, ...)")
+    bench.add_argument("--json", action="store_true", help="last line: the figures as JSON")
+    bench.set_defaults(func=cmd_benchmark)
 
     run = commands.add_parser("run", help="the main job: simulate, train, register, stream, report")
     _common(run)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
@@ -60,9 +61,12 @@ class Table:
         return list(zip(*columns))
 
     def messages(self, value: Any) -> list[str]:
-        """The value's rows as JSON objects, one message per row."""
+        """The value's rows as JSON objects, one message per row (a JSON column's value nested as JSON, not as its
+        text)."""
+        records = self.to_records(value)
         names = self.column_names
-        return [json.dumps(dict(zip(names, row)), separators=(",", ":"), default=str) for row in self.rows(value)]
+        return [json.dumps(dict(zip(names, row)), separators=(",", ":"), default=str)
+                for row in zip(*(records[name] for name in names))]
 
 
 def table_messages(value: Any, tables: Sequence[Table]) -> list[str]:
@@ -107,6 +111,22 @@ class PredictionBatch:
     def __len__(self) -> int:
         return len(self.event_ids)
 
+    def contribution_matrix(self, rows: np.ndarray | None = None
+                            ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray] | None:
+        """``sensor_contributions`` of the ``rows`` selected (a boolean mask; default all) that have them, as arrays:
+        the sensor names, the rows' indices (ascending) and their (rows, sensors) shares; None when none has any."""
+        contributions = self.sensor_contributions
+        if contributions is None:
+            return None
+        selected = range(len(self)) if rows is None else np.flatnonzero(rows).tolist()
+        index = [i for i in selected if contributions[i] is not None]
+        if not index:
+            return None
+        names = tuple(contributions[index[0]])
+        shares = operator.itemgetter(*names)
+        matrix = np.array([shares(contributions[i]) for i in index], dtype=np.float64).reshape(len(index), len(names))
+        return names, np.asarray(index, dtype=np.int64), matrix
+
     def records(self) -> dict[str, Sequence[Any]]:
         n = len(self)
         missing = [None] * n
@@ -127,7 +147,11 @@ class PredictionBatch:
 @dataclasses.dataclass
 class Incident:
     """An alert: emitted when it opens (end_time None) and again when it closes. ``kind``: ``anomaly`` (the model's
-    scores), ``sensor_missing`` (``sensor`` stopped reporting) or ``device_silent`` (the device stopped sending)."""
+    scores), ``sensor_missing`` (``sensor`` stopped reporting) or ``device_silent`` (the device stopped sending).
+
+    ``top_sensors``: why, so far: an anomaly's three sensors of largest mean share of the model's error over its
+    anomalous rows, largest first, as ``[{"sensor": name, "share": mean share}]`` (None for a model without
+    contributions); a missing sensor with share 1; None for a silent device."""
 
     incident_id: str
     device_id: str
@@ -140,6 +164,7 @@ class Incident:
     model_version: str
     kind: str = "anomaly"
     sensor: str | None = None
+    top_sensors: list[dict[str, Any]] | None = None
 
     def records(self) -> dict[str, Sequence[Any]]:
         return {field.name: [getattr(self, field.name)] for field in dataclasses.fields(self)}
@@ -260,7 +285,7 @@ ALERTS = Table("alerts", (
     Column("incident_id", "text"), Column("device_id", "text"), Column("start_time", "real"),
     Column("end_time", "real", nullable=True), Column("peak_score", "real"), Column("n_events", "integer"),
     Column("status", "text"), Column("model_name", "text"), Column("model_version", "text"), Column("kind", "text"),
-    Column("sensor", "text", nullable=True),
+    Column("sensor", "text", nullable=True), Column("top_sensors", "json", nullable=True),
 ), _alert_records, key="incident_id")
 
 DEAD_LETTERS = Table("dead_letters", (

@@ -1,7 +1,7 @@
 """What every handler kind shares: FeatureBatches in, one model call over the rows of a whole RunInference batch, the
 output cut back into one ``PredictionResult`` per batch (``score_batches``; remote kinds, whose ``run_inference`` is
 Beam's ``RemoteModelHandler``'s, call it from ``request``), batching counted in feature rows. A local kind says only
-how it scores rows (``score``)."""
+how it scores rows (``score``), given each row's device and event time for kinds with a model per device."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -12,6 +12,12 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from features.schema import FeatureBatch, feature_rows
 from model_handlers.contract import ModelOutput, split_outputs
+
+
+def row_devices(batch: Sequence[FeatureBatch]) -> tuple[np.ndarray, np.ndarray]:
+    """The device id and event time of each row of the concatenated ``batch``."""
+    ids = np.repeat(np.array([b.events.device_id for b in batch], dtype=object), [len(b) for b in batch])
+    return ids, np.concatenate([b.events.ts for b in batch]) if batch else np.empty(0)
 
 
 def score_batches(batch: Sequence[FeatureBatch], score: Callable[[np.ndarray], ModelOutput]) -> list[PredictionResult]:
@@ -32,12 +38,14 @@ class FeatureBatchHandler(ModelHandler[FeatureBatch, PredictionResult, Any]):
         super().__init__()
         self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
-    def score(self, features: np.ndarray, model: Any) -> ModelOutput:
+    def score(self, features: np.ndarray, model: Any, device_ids: np.ndarray, times: np.ndarray) -> ModelOutput:
+        """The rows' scores; ``device_ids`` and ``times``: each row's device and event time (per-device models)."""
         raise NotImplementedError
 
     def run_inference(self, batch: Sequence[FeatureBatch], model: Any,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        return score_batches(batch, lambda features: self.score(features, model))
+        device_ids, times = row_devices(batch)
+        return score_batches(batch, lambda features: self.score(features, model, device_ids, times))
 
     def get_num_bytes(self, batch: Sequence[FeatureBatch]) -> int:
         return sum(b.features.nbytes for b in batch)

@@ -146,6 +146,9 @@ class AnswerMap:
         self._verify = verify_transform
         self._sensors = version.feature_spec.channels
         self._own = None
+        if version.architecture.get("device_index") is not None:
+            raise ValueError(f"model.uri: {version.path} holds a model per device, which scores each row with its "
+                             f"device's own model: serve it in the pipeline (model.handler: torch), not at an endpoint")
         if version.architecture.get("kind") == MLFLOW_KIND:
             from model_handlers.mlflow_handler import output_map
 

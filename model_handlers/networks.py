@@ -1,8 +1,11 @@
-"""The anomaly networks we ship: an autoencoder over a window-feature vector; the error is the anomaly evidence."""
+"""The anomaly networks we ship: an autoencoder over a window-feature vector (the error is the anomaly evidence), and
+the per-device residual detector (``model_handlers.detector``)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from model_handlers.detector import KIND as DETECTOR, ResidualDetector
 
 
 class Autoencoder(nn.Module):
@@ -32,4 +35,4 @@ def reconstruction_error(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return ((model(x) - x) ** 2).mean(dim=1)
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"autoencoder": Autoencoder}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"autoencoder": Autoencoder, DETECTOR: ResidualDetector}

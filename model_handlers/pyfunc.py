@@ -5,7 +5,8 @@ takes scaled feature rows (a DataFrame with the feature spec's columns: the MLTr
 ``raw_score``, ``anomaly_score`` and ``contribution_<sensor>`` (each sensor's share of the score): the same numbers
 the streaming handler computes. Each row also names ``transform_id``, the fingerprint of the MLTransform artifacts
 the version's model belongs to, so a remote caller can check that it scaled the rows with the same version's
-transform (``model_handlers.http_endpoint``).
+transform (``model_handlers.http_endpoint``). A per-device version (the detector) also needs each row's
+``device_id`` and ``ts`` (event time, epoch seconds).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from model_handlers.model_version import ModelVersion
 
 CONTRIBUTION = "contribution_"
 TRANSFORM_ID = "transform_id"
+DEVICE_ID, TIMESTAMP = "device_id", "ts"  # what a per-device version (the detector) also needs of each row
 
 
 class VersionPyfunc:
@@ -35,7 +37,14 @@ class VersionPyfunc:
         missing = [name for name in self._names if name not in data.columns]
         if missing:
             raise ValueError(f"input lacks feature columns {missing[:5]}{'...' if len(missing) > 5 else ''}")
-        output = self._model.score(data[self._names].to_numpy(dtype=np.float32))
+        features = data[self._names].to_numpy(dtype=np.float32)
+        if self._model.per_device:
+            absent = [name for name in (DEVICE_ID, TIMESTAMP) if name not in data.columns]
+            if absent:
+                raise ValueError(f"this version scores each row with its device's model: input lacks {absent}")
+            output = self._model.score(features, data[DEVICE_ID].to_numpy(), data[TIMESTAMP].to_numpy(np.float64))
+        else:
+            output = self._model.score(features)
         columns = {"raw_score": output.raw_score, "anomaly_score": output.anomaly_score}
         if output.sensor_contributions is not None:
             columns.update({CONTRIBUTION + name: output.sensor_contributions[:, j].astype(np.float64)

@@ -60,8 +60,9 @@ class TorchAnomalyHandler(FeatureBatchHandler):
         if model_path:
             self._version = ModelVersion.open(model_path)
 
-    def score(self, features: np.ndarray, model: LoadedModel) -> ModelOutput:
-        return model.score(features)
+    def score(self, features: np.ndarray, model: LoadedModel, device_ids: np.ndarray,
+              times: np.ndarray) -> ModelOutput:
+        return model.score(features, device_ids, times)
 
 
 def torch_handler(settings: TorchSettings, version: ModelVersion) -> TorchAnomalyHandler:

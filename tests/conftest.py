@@ -64,11 +64,18 @@ class Trained:
     version: object
 
 
-def small_config(work_dir: Path, **overrides):
+# The network model over window statistics (configs/local.yaml's default is the per-device detector): what the
+# handler, serving and registry tests exercise, since every handler kind serves it.
+AUTOENCODER = {"training.model": "autoencoder", "features.stats": ["last", "mean", "std", "min", "max", "slope"],
+               "features.lags": 0}
+
+
+def small_config(work_dir: Path, detector: bool = False, **overrides):
+    """configs/local.yaml on a small fleet, with the autoencoder unless ``detector`` (the config's own model)."""
     from inference_pipeline.config import load_config
 
     base = {"work_dir": str(work_dir), "simulation.devices": 4, "simulation.duration_s": 900,
-            "simulation.train_duration_s": 1800, "training.epochs": 8}
+            "simulation.train_duration_s": 1800, "training.epochs": 8, **({} if detector else AUTOENCODER)}
     base.update(overrides)
     return load_config(REPO / "configs" / "local.yaml", base)
 
@@ -79,6 +86,15 @@ def trained(tmp_path_factory) -> Trained:
     from inference_pipeline.jobs.main_job import train_simulated
 
     config = small_config(tmp_path_factory.mktemp("trained"))
+    return Trained(config, *train_simulated(config, progress=False))
+
+
+@pytest.fixture(scope="session")
+def trained_detector(tmp_path_factory) -> Trained:
+    """The small fleet with the default config's model, the per-device residual detector, registered once."""
+    from inference_pipeline.jobs.main_job import train_simulated
+
+    config = small_config(tmp_path_factory.mktemp("detector"), detector=True)
     return Trained(config, *train_simulated(config, progress=False))
 
 

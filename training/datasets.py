@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from pathlib import Path
 
@@ -147,3 +148,75 @@ def read_time_series(path: str | Path, timestamp_column: str | None = None,
     if not values:
         raise ValueError(f"no numeric value columns in {path.name} besides {timestamp_column!r}")
     return frame, timestamp_column, values
+
+
+LOG = logging.getLogger(__name__)
+LABEL_COLUMN_PREFERENCE: tuple[str, ...] = ("anomaly", "label", "is_anomaly", "labels", "anomalies", "target")
+
+
+@dataclasses.dataclass
+class LabelledSeries:
+    """One labelled time series, rows in time order: ``times`` epoch seconds (float64, ascending), ``values``
+    (rows, sensors) float64 in ``sensors`` order, ``labels`` (rows,) int8 0/1."""
+
+    name: str
+    times: np.ndarray
+    values: np.ndarray
+    sensors: tuple[str, ...]
+    labels: np.ndarray
+
+
+def read_labelled_series(path: str | Path, timestamp_column: str | None = None, label_column: str | None = None,
+                         value_columns: list[str] | None = None) -> list[LabelledSeries]:
+    """Labelled series from one file (any ``read_time_series`` reads; named by its stem) or a folder (every *.csv
+    below it, sorted; named by relative path without suffix, e.g. "valve1/0").
+
+    The label column is ``label_column``, else the first of ``LABEL_COLUMN_PREFERENCE`` (snake_case names) present;
+    it must hold only 0 and 1 (a NaN is an error). Timestamps and value columns are found as ``read_time_series``
+    finds them, the label column never among the values. Rows are sorted by time (stable). A file without a label
+    column raises ValueError, except in a folder, where it is skipped with a warning (SKAB's anomaly-free.csv) as
+    long as some other file has labels.
+    """
+    path = Path(path)
+    folder = path.is_dir()
+    files = sorted(path.rglob("*.csv")) if folder else [path]
+    if folder and not files:
+        raise ValueError(f"no .csv files under {path}")
+    wanted = repr(label_column) if label_column is not None else f"one of {list(LABEL_COLUMN_PREFERENCE)}"
+    series: list[LabelledSeries] = []
+    for file in files:
+        frame, time_column, values = read_time_series(file, timestamp_column, value_columns)
+        by_name = {_snake_case(str(c)): c for c in reversed(frame.columns)}
+        if label_column is not None:
+            label = label_column if label_column in frame.columns else None
+        else:
+            label = next((by_name[n] for n in LABEL_COLUMN_PREFERENCE if n in by_name), None)
+        if label is None:
+            if folder:
+                LOG.warning("skipping %s: no label column (%s)", file, wanted)
+                continue
+            raise ValueError(f"{file} has no label column ({wanted}); columns: {list(frame.columns)}")
+        if value_columns is not None and label in value_columns:
+            raise ValueError(f"{file}: label column {label!r} is also given as a value column")
+        sensors = [c for c in values if c != label]
+        if not sensors:
+            raise ValueError(f"{file}: no value columns besides the label column {label!r}")
+        bad = ~pd.to_numeric(frame[label], errors="coerce").isin((0, 1)).to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(f"{file}: label column {label!r} must hold only 0 or 1; data row {row} (0-based) "
+                             f"holds {frame[label].iloc[row]!r}")
+        times = timestamps_to_epoch(frame[time_column])
+        if not np.isfinite(times).all():
+            raise ValueError(f"{file}: timestamp column {time_column!r} has missing values")
+        order = np.argsort(times, kind="stable")
+        name = file.relative_to(path).with_suffix("").as_posix() if folder else file.stem
+        series.append(LabelledSeries(
+            name=name, times=times[order], values=frame[sensors].to_numpy(dtype=np.float64)[order],
+            sensors=tuple(str(c) for c in sensors),
+            labels=pd.to_numeric(frame[label]).to_numpy()[order].astype(np.int8),
+        ))
+    if not series:
+        raise ValueError(f"no labelled series under {path}: none of its {len(files)} .csv files has a label column "
+                         f"({wanted})")
+    return series

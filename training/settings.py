@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class SimulationSettings(BaseModel):
@@ -48,21 +48,52 @@ class VertexServing(BaseModel):
     env: dict[str, str] = {}
 
 
-class TrainingSettings(BaseModel):
-    """Training and threshold calibration. ``model``: ``autoencoder`` (over the window features; ``hidden``) or
-    ``patchtst`` (a transformer forecasting each reading from the ``features.lags`` before it; ``patchtst``,
-    served by ``model.handler: transformers``). ``registry``: where ``iotml train`` registers versions: ``mlflow``
-    (the tracking server or database), or ``vertex``: MLflow as well (runs, metrics and the manifest tag), and each
-    version uploaded to the Vertex AI Model Registry of ``model.vertex`` with ``vertex_serving``'s container, its
-    aliases mirrored from MLflow's (``training.vertex_register``). ``device_metadata``: the device metadata file
-    (CSV or Parquet) joined to the training events when ``features.metadata`` lists fields; the stream gets the same
-    records from the feature store (``iotml features push`` loads this file there)."""
+class DetectorSettings(BaseModel):
+    """``smoothing``: the level and spread evidence's exponential weight per lag (0.1: about 20 readings);
+    ``clip``: residuals beyond this many normal spreads count as this many; ``limits``: each evidence's alert limit
+    in normal spreads of that evidence (spike, level, spread); ``harmonics``: of a seasonal period found in the
+    history; ``min_seasonal_share``: the share of a channel's variance the harmonics must explain to be kept;
+    ``ridge``: the cross-sensor regression's penalty, per row; ``max_trim``: the largest share of a history the refit
+    may leave out as abnormal (0: no refit); ``settle_rows``: rows at the start of each device's history left out of
+    the fit (machines settle after starting; None: one window of ``features.lags``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: Literal["autoencoder", "patchtst"] = "autoencoder"
+    smoothing: float = Field(0.1, gt=0, lt=1)
+    clip: float = Field(5.0, gt=0)
+    limits: tuple[float, float, float] = (6.0, 8.0, 8.0)
+    harmonics: int = Field(3, ge=1, le=10)
+    min_seasonal_share: float = Field(0.2, ge=0, le=1)
+    ridge: float = Field(1.0, ge=0)
+    max_trim: float = Field(0.5, ge=0, lt=1)
+    settle_rows: int | None = Field(None, ge=0)
+
+    @field_validator("limits")
+    @classmethod
+    def _positive_limits(cls, limits: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(limits) <= 0:
+            raise ValueError("limits must be positive (spike, level, spread)")
+        return limits
+
+
+class TrainingSettings(BaseModel):
+    """Training and threshold calibration. ``model``: ``autoencoder`` (over the window features; ``hidden``) or
+    ``patchtst`` (a transformer forecasting each reading from the ``features.lags`` before it; ``patchtst``,
+    served by ``model.handler: transformers``), or ``detector`` (a residual model per device over the
+    ``features.lags`` readings, calibrated evidence; ``detector``; ``training.detector``). ``registry``: where
+    ``iotml train`` registers versions: ``mlflow`` (the tracking server or database), or ``vertex``: MLflow as
+    well (runs, metrics and the manifest tag), and each version uploaded to the Vertex AI Model Registry of
+    ``model.vertex`` with ``vertex_serving``'s container, its aliases mirrored from MLflow's
+    (``training.vertex_register``). ``device_metadata``: the device metadata file (CSV or Parquet) joined to the
+    training events when ``features.metadata`` lists fields; the stream gets the same records from the feature
+    store (``iotml features push`` loads this file there)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Literal["autoencoder", "patchtst", "detector"] = "autoencoder"
     hidden: tuple[int, ...] = (32, 8)
     patchtst: PatchTstSettings = PatchTstSettings()
+    detector: DetectorSettings = DetectorSettings()
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=8)
     learning_rate: float = Field(1e-3, gt=0)

@@ -16,6 +16,7 @@ from torch import nn
 from features.metadata import metadata_records, read_metadata
 from features.spec import FeatureSpec
 from model_handlers import forecaster
+from model_handlers.detector import KIND as DETECTOR
 from model_handlers.model_version import TRANSFORM, write_model_version
 from model_handlers.networks import Autoencoder
 from model_handlers.torch_model import save_network
@@ -23,7 +24,8 @@ from training.feature_pipeline import fitted_spec, run_feature_pipeline
 from training.register import Registration, check_tracking_server, register_run
 from training.settings import TrainingSettings
 from training.simulate import read_frame
-from training.train import detection_metrics, errors_of, fit_network, split_holdout
+from training.detector import check_detector_spec, fit_detector_version, shard_errors
+from training.train import detection_metrics, fit_network, split_holdout
 
 EVAL_METRIC = "eval_f1"
 
@@ -41,13 +43,18 @@ def _plots(out_dir: Path, losses: list[float], holdout: np.ndarray, eval_errors:
 
     figure = Figure(figsize=(10, 3.5), dpi=90)
     loss_axes, error_axes = figure.subplots(1, 2)
-    loss_axes.plot(range(1, len(losses) + 1), losses)
-    loss_axes.set(title="training loss", xlabel="epoch", ylabel="reconstruction MSE", yscale="log")
-    bins = np.logspace(np.log10(max(1e-6, min(holdout.min(), eval_errors.min()))), np.log10(eval_errors.max() + 1e-9), 60)
+    if losses:
+        loss_axes.plot(range(1, len(losses) + 1), losses)
+        loss_axes.set(title="training loss", xlabel="epoch", ylabel="reconstruction MSE", yscale="log")
+    else:
+        loss_axes.set_axis_off()
+        loss_axes.set_title("fitted in closed form (no epochs)")
+    low = max(1e-6, min(holdout.min(), eval_errors.min()))
+    bins = np.logspace(np.log10(low), np.log10(eval_errors.max() + 1e-9), 60)
     error_axes.hist(holdout, bins=bins, alpha=0.6, label="held-out normal", density=True)
     error_axes.hist(eval_errors[labels == 1], bins=bins, alpha=0.6, label="evaluation faults", density=True)
     error_axes.axvline(threshold, color="red", linestyle="--", label="threshold")
-    error_axes.set(title="reconstruction error", xscale="log")
+    error_axes.set(title="raw score (reconstruction error, or the detector's evidence)", xscale="log")
     error_axes.legend()
     figure.tight_layout()
     path = out_dir / "training.png"
@@ -55,9 +62,13 @@ def _plots(out_dir: Path, losses: list[float], holdout: np.ndarray, eval_errors:
     return [path]
 
 
-def _new_network(spec: FeatureSpec, training: TrainingSettings) -> tuple[nn.Module, dict[str, Any], Callable]:
-    """``training.model``'s new network (seeded), the architecture the version records, and how it is saved."""
+def _new_network(spec: FeatureSpec, training: TrainingSettings) -> tuple[nn.Module | None, dict[str, Any], Callable]:
+    """``training.model``'s new network (seeded; the detector's is fitted from the data), the architecture the
+    version records, and how it is saved."""
     torch.manual_seed(training.seed)
+    if training.model == DETECTOR:
+        check_detector_spec(spec)
+        return None, {"kind": DETECTOR}, save_network
     if training.model == forecaster.KIND:
         network = forecaster.build_forecaster(spec, training.patchtst.model_dump())
         return network, {"kind": forecaster.KIND, "lags": spec.lags}, forecaster.save_forecaster
@@ -89,10 +100,15 @@ def train_and_register(train_table: Path, eval_table: Path, spec: FeatureSpec, t
     scratch = work_dir / "features" / run_id
     train_shards = run_feature_pipeline(train_table, spec, bundle_dir / TRANSFORM, scratch / "train", True, options,
                                         metadata)
-    train, holdout = split_holdout([shard.features[shard.full_windows(spec.window)] for shard in train_shards],
-                                   training.holdout_fraction)
-    fit = fit_network(network, train, holdout, training.epochs, training.batch_size, training.learning_rate,
-                      training.threshold_quantile, training.threshold_margin, training.seed, training.device, progress)
+    if training.model == DETECTOR:
+        fit, architecture = fit_detector_version(train_shards, spec, training)
+        train = fit.holdout_errors
+    else:
+        train, holdout = split_holdout([shard.features[shard.full_windows(spec.window)] for shard in train_shards],
+                                       training.holdout_fraction)
+        fit = fit_network(network, train, holdout, training.epochs, training.batch_size, training.learning_rate,
+                          training.threshold_quantile, training.threshold_margin, training.seed, training.device,
+                          progress)
     eval_shards = run_feature_pipeline(eval_table, spec, bundle_dir / TRANSFORM, scratch / "eval", False, options,
                                        metadata)
     labels_by_id = read_frame(eval_table).set_index("event_id")["label"]
@@ -100,11 +116,12 @@ def train_and_register(train_table: Path, eval_table: Path, spec: FeatureSpec, t
     labels = labels_by_id.reindex(event_ids).to_numpy()
     if np.isnan(labels.astype(float)).any():
         raise ValueError(f"evaluation table {eval_table} has events without a label")
-    errors = errors_of(fit.network, np.concatenate([shard.features[shard.full_windows(spec.window)]
-                                                    for shard in eval_shards]), "cpu")
+    errors = shard_errors(fit.network, architecture, eval_shards, spec)
     metrics = {f"eval_{key}": value for key, value in detection_metrics(errors, labels, fit.threshold).items()}
-    metrics.update(final_train_loss=fit.train_loss[-1], threshold=fit.threshold, train_rows=float(len(train)),
-                   holdout_rows=float(len(holdout)), eval_rows=float(len(errors)))
+    metrics.update(threshold=fit.threshold, train_rows=float(len(train)), holdout_rows=float(len(fit.holdout_errors)),
+                   eval_rows=float(len(errors)))
+    if fit.train_loss:
+        metrics["final_train_loss"] = fit.train_loss[-1]
     save(fit.network, bundle_dir)
     version = write_model_version(bundle_dir, spec, architecture, fit.threshold, metrics, model_name)
     params = {**training.model_dump(), "sensors": ",".join(spec.sensors), "window": spec.window,

@@ -15,7 +15,10 @@ table per stream (``<dataset>.<table_prefix><stream>``), created if needed from 
   (``expansion_service``: the ``host:port`` of one already running). Without network the download fails at
   construction, which names the option.
 
-BigQuery tables are append-only here: a row written again is another row.
+BigQuery tables are append-only here: a row written again is another row. A table created by an earlier release
+is not altered: it lacks the nullable columns the results schema gained since (``alerts.top_sensors``), and
+BigQuery refuses rows naming an unknown field, so run ``add_columns_sql`` (``ALTER TABLE ... ADD COLUMN IF NOT
+EXISTS`` of every nullable column) on it before a stream writes.
 
 - ``streaming_inserts``: Beam gives each row an insert id before a reshuffle that Dataflow checkpoints, so an
   ``insertAll`` retried after a failure or timeout resends the same ids and BigQuery drops the copies, best effort
@@ -125,6 +128,14 @@ def view_sql(settings: BigQuerySettings, table: Table) -> str:
     view = f"`{settings.project}.{settings.dataset_id}.{settings.table_id(table)}_latest`"
     return (f"CREATE OR REPLACE VIEW {view} AS\nSELECT * FROM {source}\nWHERE TRUE\n"
             f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {key}{order}) = 1")
+
+
+def add_columns_sql(settings: BigQuerySettings, table: Table) -> str:
+    """``ALTER TABLE``: a table of an earlier release gains the nullable columns added since (the others are there
+    from the start; BigQuery only adds NULLABLE columns)."""
+    columns = ",\n".join(f"ADD COLUMN IF NOT EXISTS `{c.name}` {BIGQUERY_TYPES[c.type]}"
+                         for c in table.columns if c.nullable)
+    return f"ALTER TABLE `{settings.project}.{settings.dataset_id}.{settings.table_id(table)}`\n{columns}"
 
 
 class WriteToBigQueryTables(beam.PTransform):

@@ -1,9 +1,12 @@
-"""Scoring a run against the simulator's labels: incident- and row-level accuracy, latency and event reconciliation.
+"""Scoring a run against the simulator's labels: incident- and row-level accuracy, the incidents' explanations,
+latency and event reconciliation.
 
 Ratios whose denominator is zero (no alerts, no faults, no rows) are ``None`` rather than a made-up 0 or 1.
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -11,6 +14,8 @@ import pandas as pd
 
 FAULT_COLUMNS = ["device_id", "fault_type", "start_ts", "end_ts"]
 MATCH_COLUMN = "matched_fault_type"
+SENSORS_COLUMN = "sensors"  # per fault (``changed_sensors``): the sensors it changed
+_NOT_SENSORS = {"event_id", "device_id", "ts", "label", "fault_type"}
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -23,11 +28,9 @@ def _f1(precision: float | None, recall: float | None) -> float | None:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
-def fault_intervals_from_truth(truth: pd.DataFrame) -> pd.DataFrame:
-    """Contiguous ``label == 1`` runs per device (in time order) as ``device_id, fault_type, start_ts, end_ts``.
-
-    A change of ``fault_type`` inside a labelled run starts a new interval.
-    """
+def _fault_rows(truth: pd.DataFrame) -> pd.DataFrame:
+    """The ``label == 1`` rows in (device, time) order with ``run``: the number of their contiguous run per device
+    (a change of ``fault_type`` starts another), ``device_id``, ``fault_type``, ``ts``, indexed as in ``truth``."""
     df = truth.sort_values(["device_id", "ts"], kind="stable")
     fault_type = df["fault_type"].astype(str) if "fault_type" in df else pd.Series("fault", index=df.index)
     device = df["device_id"].to_numpy()
@@ -35,14 +38,22 @@ def fault_intervals_from_truth(truth: pd.DataFrame) -> pd.DataFrame:
     kind = fault_type.to_numpy()
     starts = np.ones(len(df), dtype=bool)
     starts[1:] = (device[1:] != device[:-1]) | (label[1:] != label[:-1]) | (kind[1:] != kind[:-1])
-    if not label.any():
-        return pd.DataFrame({c: pd.Series(dtype=float if c.endswith("_ts") else object) for c in FAULT_COLUMNS})
-    runs = pd.DataFrame({
+    return pd.DataFrame({
         "run": np.cumsum(starts)[label],
         "device_id": device[label],
         "fault_type": kind[label],
         "ts": df["ts"].to_numpy(dtype=float)[label],
-    })
+    }, index=df.index[label])
+
+
+def fault_intervals_from_truth(truth: pd.DataFrame) -> pd.DataFrame:
+    """Contiguous ``label == 1`` runs per device (in time order) as ``device_id, fault_type, start_ts, end_ts``.
+
+    A change of ``fault_type`` inside a labelled run starts a new interval.
+    """
+    runs = _fault_rows(truth)
+    if runs.empty:
+        return pd.DataFrame({c: pd.Series(dtype=float if c.endswith("_ts") else object) for c in FAULT_COLUMNS})
     out = runs.groupby("run", sort=True).agg(
         device_id=("device_id", "first"), fault_type=("fault_type", "first"),
         start_ts=("ts", "min"), end_ts=("ts", "max"),
@@ -108,6 +119,66 @@ def incident_scores(alerts: pd.DataFrame, faults: pd.DataFrame, tolerance_s: flo
         },
         "recall_by_fault_type": {str(k): float(v) for k, v in by_type.items()},
         "mean_detection_delay_s": float(delays.mean()) if len(delays) else None,
+    }
+
+
+def changed_sensors(faulted: pd.DataFrame, fault_free: pd.DataFrame, sensors: Sequence[str] | None = None
+                    ) -> pd.DataFrame:
+    """``fault_intervals_from_truth(faulted)`` with ``sensors``: per fault, the tuple of sensors (in column order)
+    whose readings in it differ from the fault-free run's at the same device and time. The simulator puts its faults
+    on the signal a ``fault_rate=0`` run of the same seed and timeline gives, so exactly the sensors a fault changed
+    differ. ``sensors``: default, the columns both frames have besides ids, time and labels."""
+    if sensors is None:
+        sensors = [c for c in faulted.columns if c in fault_free.columns and c not in _NOT_SENSORS]
+    sensors, faulted = list(sensors), faulted.reset_index(drop=True)
+    runs = _fault_rows(faulted)
+    faults = fault_intervals_from_truth(faulted)
+    if runs.empty:
+        return faults.assign(**{SENSORS_COLUMN: pd.Series(dtype=object)})
+    clean = runs[["device_id", "ts"]].merge(fault_free[["device_id", "ts", *sensors]], on=["device_id", "ts"],
+                                            how="left")
+    before = clean[sensors].to_numpy(dtype=float)
+    after = faulted.loc[runs.index, sensors].to_numpy(dtype=float)
+    differs = pd.DataFrame(~np.isclose(after, before, rtol=1e-12, atol=0.0, equal_nan=True), columns=sensors)
+    changed = differs.groupby(runs["run"].to_numpy(), sort=True).any()
+    names = np.asarray(sensors, dtype=object)
+    faults[SENSORS_COLUMN] = [tuple(names[row]) for row in changed.to_numpy()]
+    return faults
+
+
+def top_sensor_list(value: Any) -> list[dict[str, Any]] | None:
+    """An alert's ``top_sensors`` as a list of ``{"sensor", "share"}`` (a results table holds the JSON text); None
+    when it has none."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return list(value) if isinstance(value, (list, tuple)) and len(value) else None
+
+
+def explanation_accuracy(alerts: pd.DataFrame, faults: pd.DataFrame, tolerance_s: float = 60.0) -> dict[str, Any]:
+    """How often an incident's explanation points at the fault: of the anomaly incidents that overlap a fault
+    (widened by ``tolerance_s``; the earliest one, as ``match_alerts``), the share whose top sensor is one of the
+    sensors that fault changed (``faults``: ``changed_sensors``' frame), overall and per fault type. An incident
+    without ``top_sensors`` counts as not pointing at it (``unexplained`` counts them)."""
+    if "kind" in alerts:
+        alerts = alerts[alerts["kind"].astype(str) == "anomaly"]
+    pairs = _overlap_pairs(alerts, faults, tolerance_s).sort_values(["alert", "f_start"], kind="stable")
+    first = pairs.drop_duplicates("alert")
+    explained = alerts["top_sensors"] if "top_sensors" in alerts else pd.Series(None, index=alerts.index)
+    tops = [top_sensor_list(value) for value in explained.to_numpy()[first["alert"].to_numpy()]]
+    changed = faults[SENSORS_COLUMN].to_numpy()[first["fault"].to_numpy()]
+    hit = np.array([top is not None and top[0]["sensor"] in sensors for top, sensors in zip(tops, changed)],
+                   dtype=bool)
+    kinds = first["fault_type"].astype(str).to_numpy()
+
+    def counts(rows: np.ndarray) -> dict[str, Any]:
+        n, right = int(rows.sum()), int(hit[rows].sum())
+        return {"incidents": n, "top_sensor_changed": right, "share": _ratio(right, n)}
+
+    return {
+        "tolerance_s": float(tolerance_s),
+        **counts(np.ones(len(first), dtype=bool)),
+        "unexplained": sum(top is None for top in tops),
+        "by_fault_type": {kind: counts(kinds == kind) for kind in sorted(set(kinds))},
     }
 
 

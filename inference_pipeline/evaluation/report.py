@@ -1,4 +1,7 @@
-"""Run report: a PNG of per-device sensors, scores, alerts and true faults; a self-contained HTML page; console text."""
+"""Run report: a PNG of per-device sensors, scores, alerts and true faults; a self-contained HTML page; console text.
+
+Every incident listed names its top sensors ("rpm 62%, pressure 21%, flow_rate 9%"): the HTML's incident table, and a
+summary's ``incidents`` (``incident_records``, what summary.json lists) printed as a table by ``format_summary``."""
 from __future__ import annotations
 
 import base64
@@ -19,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from inference_pipeline.evaluation.accuracy import MATCH_COLUMN, fault_intervals_from_truth
+from inference_pipeline.evaluation.accuracy import MATCH_COLUMN, fault_intervals_from_truth, top_sensor_list
 
 DPI = 90
 PANEL_W_IN = 8.0
@@ -34,6 +37,9 @@ THRESHOLD_COLOR = "tab:red"
 MIN_SPAN_FRACTION = 0.004
 SENSOR_COLORS = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20b"].colors]
 _EPOCH_DAYS = float(mdates.date2num(np.datetime64("1970-01-01T00:00:00")))
+INCIDENTS = "incidents"  # the summary's list of incidents (``incident_records``)
+_INCIDENT_FIELDS = ("incident_id", "device_id", "kind", "sensor", "status", "start_time", "end_time", "peak_score",
+                    "n_events", MATCH_COLUMN, "top_sensors")
 
 
 def _days(ts: np.ndarray | pd.Series) -> np.ndarray:
@@ -214,7 +220,35 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
 
 
-def _alert_rows(alerts: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def top_sensors_text(value: Any) -> str:
+    """An incident's top sensors as ``rpm 62%, pressure 21%, flow_rate 9%`` (from the list or its JSON text); ``n/a``
+    when it has none."""
+    top = top_sensor_list(value)
+    return "n/a" if top is None else ", ".join(f"{item['sensor']} {100 * float(item['share']):.0f}%" for item in top)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def incident_records(alerts: pd.DataFrame) -> list[dict[str, Any]]:
+    """The incidents by start time as JSON-ready records (what a summary lists under ``incidents``): id, device,
+    kind, times, peak, the true fault matched (``match_alerts``) if known, and the top sensors as a list."""
+    df = alerts.sort_values("start_time", kind="stable")
+    fields = [name for name in _INCIDENT_FIELDS if name in df]
+    records = []
+    for row in df[fields].to_dict("records"):
+        record = {k: None if _missing(v) else v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
+        if "top_sensors" in record:
+            record["top_sensors"] = top_sensor_list(record["top_sensors"])
+        records.append(record)
+    return records
+
+
+def _alert_rows(alerts: pd.DataFrame | Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The incident table (an alerts frame or ``incident_records``): header and rows of text."""
+    if not isinstance(alerts, pd.DataFrame):
+        alerts = pd.DataFrame(list(alerts)) if len(alerts) else pd.DataFrame(columns=["device_id", "start_time"])
     df = alerts.sort_values("start_time", kind="stable")
     start = df["start_time"].to_numpy(dtype=float)
     end = df["end_time"].to_numpy(dtype=float) if "end_time" in df else np.full(len(df), np.nan)
@@ -225,6 +259,9 @@ def _alert_rows(alerts: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     if MATCH_COLUMN in df:
         headers.append("true fault")
         columns.append(["false alarm" if v is None or pd.isna(v) else str(v) for v in df[MATCH_COLUMN]])
+    if "top_sensors" in df:
+        headers.append("top sensors")
+        columns.append([top_sensors_text(v) for v in df["top_sensors"]])
     return headers, [list(r) for r in zip(*columns)]
 
 
@@ -240,9 +277,10 @@ def write_html(summary: Mapping[str, Any], png_path: str | Path | None, path: st
     """A single self-contained HTML report: summary table, embedded PNG, alert incidents, dead letters by reason."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {k: v for k, v in summary.items() if k != INCIDENTS}  # the incident table below lists them
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>Run report</title>',
              f"<style>{_CSS}</style></head><body>", "<h1>Run report</h1>", "<h2>Summary</h2>",
-             _table(["metric", "value"], [(k, _fmt(v)) for k, v in _flatten(summary).items()])]
+             _table(["metric", "value"], [(k, _fmt(v)) for k, v in _flatten(metrics).items()])]
     if png_path is not None and Path(png_path).is_file():
         data = base64.b64encode(Path(png_path).read_bytes()).decode("ascii")
         parts += ["<h2>Devices</h2>", f'<img alt="per-device plots" src="data:image/png;base64,{data}">']
@@ -262,11 +300,12 @@ def text_table(rows: Sequence[Sequence[Any]]) -> str:
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """The summary as aligned ``key  value`` lines (nested keys dotted), a blank line between top-level sections."""
-    flat = _flatten(summary)
-    if not flat:
+    """The summary as aligned ``key  value`` lines (nested keys dotted), a blank line between top-level sections;
+    its ``incidents`` (``incident_records``) last, as a table with their top sensors."""
+    flat = _flatten({k: v for k, v in summary.items() if k != INCIDENTS})
+    if not flat and INCIDENTS not in summary:
         return "(empty summary)"
-    width = max(len(k) for k in flat)
+    width = max((len(k) for k in flat), default=0)
     lines: list[str] = []
     section = None
     for key, value in flat.items():
@@ -275,4 +314,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             lines.append("")
         section = top
         lines.append(f"{key:<{width}}  {_fmt(value)}")
+    if INCIDENTS in summary:
+        headers, rows = _alert_rows(summary[INCIDENTS])
+        lines += [""] * bool(lines) + [f"{INCIDENTS} ({len(rows)})"] + [text_table([headers, *rows])] * bool(rows)
     return "\n".join(lines)

@@ -1,9 +1,19 @@
-"""Causal, unsupervised backfill scoring of arbitrary time-series CSVs (``iotml score``).
+"""Causal, unsupervised backfill scoring of arbitrary time-series CSVs (``iotml score``) with the streaming
+pipeline's detector (``model_handlers.detector``, fitted by ``training.detector``), adapting as it goes.
 
-Per file: the first ``warmup`` rows fit the scaler, the autoencoder and its threshold (rows in the warm-up are
-reported with score 0: nothing before them can judge them); every later row is scored from its own trailing window
-with a model that saw only earlier rows. Features, network, score mapping and alert debouncing are the streaming
-pipeline's own code.
+Per file: the first ``warmup_rows`` rows fit the detector (they are reported with score 0: nothing before them can
+judge them); every later row is scored from its own trailing lags by a detector fitted only on earlier rows. The
+detector adapts every ``refit_every`` rows:
+
+- drift: it is refitted on the last ``warmup_rows`` rows it did not flag, so a change slow enough never to be
+  flagged becomes the new normal as it happens;
+- new regimes: when at least ``regime_share`` of the last ``adaptation_rows`` rows were flagged (a change that has
+  lasted that long), it is refitted on the last ``warmup_rows`` rows, flagged or not. The adaptation horizon is
+  therefore ``adaptation_rows`` (1,000 by default): a fault lasting less stays anomalous for its whole duration (SKAB's
+  last up to about 600 rows), a level or operating-point change that lasts longer becomes normal.
+
+Scores are the detector's calibrated ``v / (1 + v)`` (0.5 = its alert limit on every series, whatever its units);
+``is_anomaly`` marks the rows inside debounced incidents (the streaming alert logic).
 """
 from __future__ import annotations
 
@@ -13,14 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from features.tables import timestamps_to_epoch
-from features.window import forward_fill, series_features, window_fill
+from features.window import forward_fill, lag_names, series_features, window_fill
 from inference_pipeline.results import PredictionBatch
 from inference_pipeline.steps.alerts import DebounceState, debounce
 from model_handlers.contract import error_to_score
+from model_handlers.detector import ResidualDetector, detector_scores
 from training.datasets import read_time_series
-from training.train import errors_of, fit_autoencoder
+from training.detector import History, fit_detector, follow_drift
+from training.settings import DetectorSettings
 
 LOG = logging.getLogger(__name__)
 
@@ -31,40 +44,61 @@ class BackfillSettings:
 
     warmup_rows: int = 400
     min_warmup_rows: int = 40
-    window: int = 20
-    hidden: tuple[int, ...] = (16, 4)
-    epochs: int = 60
-    threshold_quantile: float = 0.99
-    threshold_margin: float = 3.0
+    lags: int = 30
+    refit_every: int = 100
+    adaptation_rows: int = 1000
+    regime_share: float = 0.9
+    drift_rows: int = 500
     open_after: int = 3
     close_after: int = 10
-    seed: int = 0
+    open_gap: int = 10
+    detector: DetectorSettings = dataclasses.field(default_factory=DetectorSettings)
 
 
-def score_series(values: np.ndarray, settings: BackfillSettings = BackfillSettings()) -> tuple[np.ndarray, np.ndarray]:
-    """(anomaly_score in [0, 1], is_anomaly 0/1) for each row of one series (n, S)."""
+def _fit(lagged: np.ndarray, times: np.ndarray, lags: int, settings: DetectorSettings) -> ResidualDetector:
+    return fit_detector({"series": History(lagged, times)}, lagged.shape[1] // lags, lags, settings)[0]
+
+
+def _evidence(detector: ResidualDetector, lagged: np.ndarray, times: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        evidence = detector(torch.from_numpy(np.ascontiguousarray(lagged, dtype=np.float32)),
+                            torch.from_numpy(times.astype(np.float64)), torch.ones(len(times), dtype=torch.long))
+    return detector_scores(evidence)[0].numpy().astype(np.float64)
+
+
+
+def score_series(values: np.ndarray, settings: BackfillSettings = BackfillSettings(),
+                 times: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(anomaly_score in [0, 1), is_anomaly 0/1) for each row of one series (n, S) at ``times`` (seconds; default:
+    the row number)."""
     n = len(values)
+    times = np.arange(n, dtype=np.float64) if times is None else np.asarray(times, dtype=np.float64)
     scores, flags = np.zeros(n), np.zeros(n, dtype=np.int8)
     warmup = min(settings.warmup_rows, n // 2)
-    window = max(3, min(settings.window, warmup // 8))
     if warmup < settings.min_warmup_rows:
         LOG.warning("series of %d rows is too short to warm up (needs %d); all rows scored 0",
                     n, 2 * settings.min_warmup_rows)
         return scores, flags
-    features = series_features(forward_fill(np.zeros(values.shape[1]), values), window).astype(np.float64)
-    fitted = features[window - 1:warmup]
-    mean = fitted.mean(axis=0)
-    std = fitted.std(axis=0)
-    std = np.where(std > 1e-9 * (1.0 + np.abs(mean)), std, 1.0)
-    scaled = ((features - mean) / std).astype(np.float32)
-    train_rows = scaled[window - 1:warmup]
-    cut = int(len(train_rows) * 0.75)
-    fit = fit_autoencoder(train_rows[:cut], train_rows[cut:], settings.hidden, settings.epochs, 32, 3e-3,
-                          settings.threshold_quantile, settings.threshold_margin, settings.seed, "cpu",
-                          progress=False)
-    errors = errors_of(fit.network, scaled[warmup:], "cpu")
-    scores[warmup:] = error_to_score(errors, fit.threshold)
-    flags[warmup:] = incident_flags(scores[warmup:], np.arange(warmup, n, dtype=np.float64), settings)
+    lags = max(2, min(settings.lags, warmup // 4))
+    lagged = series_features(forward_fill(np.zeros(values.shape[1]), values), lags, lag_names(lags)).astype(np.float64)
+    start = lags - 1
+    detector = _fit(lagged[start:warmup], times[start:warmup], lags, settings.detector)
+    raw = np.zeros(n)
+    flagged = np.zeros(n, dtype=bool)
+    for begin in range(warmup, n, settings.refit_every):
+        end = min(n, begin + settings.refit_every)
+        raw[begin:end] = _evidence(detector, lagged[begin:end], times[begin:end])
+        flagged[begin:end] = raw[begin:end] >= 1.0
+        recent = slice(max(start, end - settings.adaptation_rows), end)
+        if end - warmup >= settings.adaptation_rows and flagged[recent].mean() >= settings.regime_share:
+            rows = np.arange(max(start, end - warmup), end)
+            detector = _fit(lagged[rows], times[rows], lags, settings.detector)
+            continue
+        quiet = ~flagged[begin:end]
+        follow_drift(detector, lagged[begin:end][quiet], times[begin:end][quiet],
+                     quiet.sum() / settings.drift_rows)
+    scores[warmup:] = error_to_score(raw[warmup:], 1.0)
+    flags[warmup:] = incident_flags(scores[warmup:], times[warmup:], settings)
     return scores, flags
 
 
@@ -77,7 +111,7 @@ def incident_flags(scores: np.ndarray, times: np.ndarray, settings: BackfillSett
     )
     state = DebounceState()
     flags = np.zeros(len(scores), dtype=np.int8)
-    for incident in debounce(state, batch, settings.open_after, settings.close_after):
+    for incident in debounce(state, batch, settings.open_after, settings.close_after, settings.open_gap):
         if incident.end_time is not None:
             flags[(times >= incident.start_time) & (times <= incident.end_time)] = 1
     if state.open is not None:
@@ -89,9 +123,10 @@ def score_file(source: Path, target: Path, timestamp_column: str | None, value_c
                settings: BackfillSettings) -> Path:
     """Score one CSV into ``target``: the input columns plus anomaly_score and is_anomaly."""
     frame, ts_column, columns = read_time_series(source, timestamp_column, value_columns)
-    order = np.argsort(timestamps_to_epoch(frame[ts_column]), kind="stable")
+    epoch = timestamps_to_epoch(frame[ts_column])
+    order = np.argsort(epoch, kind="stable")
     values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)[order]
-    scores, flags = score_series(values, settings)
+    scores, flags = score_series(values, settings, epoch[order])
     out = frame.copy()
     out["anomaly_score"] = np.empty(len(frame))
     out["is_anomaly"] = np.empty(len(frame), dtype=np.int8)

@@ -157,6 +157,7 @@ def _run_main_job(config: Config, promote: bool, sink_path: Path) -> dict[str, A
     summary = summarise(data, training, version, results, seconds)
     truth = pd.read_parquet(data.stream_truth)
     alerts = accuracy.match_alerts(results["alerts"], accuracy.fault_intervals_from_truth(truth))
+    summary["incidents"] = report.incident_records(alerts)
     png = report.plot_devices(results["predictions"], results["alerts"], truth, list(version.feature_spec.sensors),
                               work / "report.png")
     html = report.write_html(summary, png, work / "report.html", alerts, summary["dead_letters"]["by_reason"])

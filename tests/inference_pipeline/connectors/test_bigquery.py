@@ -27,6 +27,7 @@ from inference_pipeline.connectors.bigquery import (
     DAY_COLUMN,
     BigQuerySettings,
     BigQuerySink,
+    add_columns_sql,
     bigquery_rows,
     table_schema,
     view_sql,
@@ -94,7 +95,8 @@ def test_every_result_table_maps_each_column_type_and_nullability_once():
 
 
 def test_rows_are_dicts_of_every_column_with_json_columns_as_json_text_and_their_utc_event_date():
-    opened = Incident("d:1.000", "d", 1767225600.5, None, 0.8, 3, "open", "iot-anomaly", "3")
+    why = [{"sensor": "rpm", "share": 0.7}, {"sensor": "temp", "share": 0.3}]
+    opened = Incident("d:1.000", "d", 1767225600.5, None, 0.8, 3, "open", "iot-anomaly", "3", top_sensors=why)
     results = device_results(["x"], [1.0], [opened])
     results.predictions = scored()
     [first, second] = bigquery_rows(results, PREDICTIONS, partition_by_day=True)
@@ -107,6 +109,7 @@ def test_rows_are_dicts_of_every_column_with_json_columns_as_json_text_and_their
     assert DAY_COLUMN not in bigquery_rows(results, PREDICTIONS)[0]
     [alert] = bigquery_rows(results, ALERTS)
     assert alert["incident_id"] == "d:1.000" and alert["end_time"] is None and alert["status"] == "open"
+    assert json.loads(alert["top_sensors"]) == why
     [letter] = bigquery_rows(DeadLetter("bad_json", "line 1", "{broken", 1767225700.0), DEAD_LETTERS, True)
     assert letter == {"reason": "bad_json", "detail": "line 1", "payload": "{broken", "received_at": 1767225700.0,
                       "device_id": None, DAY_COLUMN: "2026-01-01"}
@@ -115,6 +118,15 @@ def test_rows_are_dicts_of_every_column_with_json_columns_as_json_text_and_their
     assert bigquery_rows(minutes, DEVICE_MINUTES) == [{
         "device_id": "d", "minute_start": 1767225600.0, "count": 2, "mean_score": 0.5, "max_score": 0.9,
         "anomalies": 1, "model_version": "3", "updated_at": 1767225602.0}]
+
+
+def test_a_table_of_an_earlier_release_gains_the_nullable_columns_added_since():
+    settings = BigQuerySettings(dataset=DATASET, table_prefix="line_a_")
+    statement = add_columns_sql(settings, ALERTS)
+    assert statement.startswith("ALTER TABLE `iotml-test.plant_results.line_a_alerts`\n")
+    assert "ADD COLUMN IF NOT EXISTS `top_sensors` STRING" in statement
+    assert "ADD COLUMN IF NOT EXISTS `end_time` FLOAT64" in statement and "`incident_id`" not in statement
+    assert statement.count("ADD COLUMN") == sum(c.nullable for c in ALERTS.columns)
 
 
 def test_the_config_accepts_the_kind_with_either_dataset_form(tmp_path):

@@ -118,7 +118,8 @@ def test_every_result_stream_round_trips_through_the_sink(settings):
                                  np.array([0.9]), np.array([0.8]), 0.5, np.array([30]), 30, "m", "1",
                                  sensor_contributions=[{"pressure": 0.7, "rpm": 0.3}])
     opened = Incident("d:1.000", "d", 1.0, None, 0.8, 3, "open", "m", "1")
-    closed = Incident("d:1.000", "d", 1.0, 9.0, 0.9, 5, "closed", "m", "1")
+    closed = Incident("d:1.000", "d", 1.0, 9.0, 0.9, 5, "closed", "m", "1",
+                      top_sensors=[{"sensor": "rpm", "share": 1.0}])
     letter = DeadLetter(DeadLetterReason.BAD_JSON, "invalid JSON", "{\x00", 1.5, None)  # NUL: not storable as is
     with beam.Pipeline(options=PipelineOptions(runner=LOCAL_RUNNER)) as pipeline:
         _ = pipeline | "P" >> beam.Create([("d", prediction)]) | "WP" >> sink.write((PREDICTIONS,))
@@ -132,8 +133,9 @@ def test_every_result_stream_round_trips_through_the_sink(settings):
                           "window_fill, sensor_contributions, label, late FROM predictions")
     assert row == [("a", "d", 1.0, 0.9, 0.8, 0.5, 1, 30, {"pressure": 0.7, "rpm": 0.3}, None, 0)]
     assert query(settings, "SELECT event_id, anomaly_score FROM shadow_predictions") == [("a", 0.8)]
-    assert query(settings, "SELECT incident_id, status, end_time, peak_score, n_events, kind, sensor FROM alerts") == [
-        ("d:1.000", "closed", 9.0, 0.9, 5, "anomaly", None)]
+    assert query(settings, "SELECT incident_id, status, end_time, peak_score, n_events, kind, sensor, top_sensors "
+                           "FROM alerts") == [("d:1.000", "closed", 9.0, 0.9, 5, "anomaly", None,
+                                               [{"sensor": "rpm", "share": 1.0}])]
     assert query(settings, "SELECT reason, detail, payload, received_at, device_id FROM dead_letters") == [
         ("bad_json", "invalid JSON", "{\ufffd", 1.5, None)]
     assert query(settings, "SELECT COUNT(*) FROM device_state") == [(0,)]  # predictions without a device batch
@@ -201,6 +203,20 @@ def test_tables_of_an_earlier_release_gain_the_new_columns_and_keys(settings):
     run(([device_results(["old", "new"], [1.0, 2.0])], (PREDICTIONS,), settings))
     assert query(settings, "SELECT event_id, event_time FROM predictions ORDER BY event_id") == [
         ("new", 2.0), ("old", None)]
+
+
+def test_an_alerts_table_without_top_sensors_gains_the_column_and_records_them(settings):
+    schema = settings.db_schema
+    earlier = ", ".join(f"{c.name} {PG_TYPES[c.type]}" for c in ALERTS.columns if c.name != "top_sensors")
+    with psycopg.connect(settings.dsn, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+        connection.execute(f'CREATE TABLE "{schema}".alerts ({earlier})')
+        connection.execute(f"INSERT INTO \"{schema}\".alerts VALUES ('old', 'd', 0, 1, 0.9, 3, 'closed', 'm', '1', "
+                           "'anomaly', NULL)")
+    why = [{"sensor": "rpm", "share": 0.62}, {"sensor": "pressure", "share": 0.21}]
+    run(([Incident("new", "d", 2.0, None, 0.8, 3, "open", "m", "1", top_sensors=why)], (ALERTS,), settings))
+    assert query(settings, "SELECT incident_id, top_sensors FROM alerts ORDER BY incident_id") == [
+        ("new", why), ("old", None)]
 
 
 def test_settings_take_no_password_in_the_dsn_and_never_echo_it():

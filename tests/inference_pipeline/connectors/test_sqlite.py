@@ -99,7 +99,9 @@ def test_retention_deletes_by_age_and_keeps_the_newest_rows_and_open_alerts(tmp_
             "raw_score, threshold, is_anomaly, window_fill, model_name, model_version, late) "
             "VALUES (?, 'd', ?, ?, 0, 0, 0, 0.5, 0, 30, 'm', '1', 0)",
             [(f"e{i}", float(i), float(i)) for i in range(100)])
-        connection.executemany("INSERT INTO alerts VALUES (?, 'd', 0, ?, 1, 1, ?, 'm', '1', 'anomaly', NULL)",
+        connection.executemany("INSERT INTO alerts (incident_id, device_id, start_time, end_time, peak_score, "
+                               "n_events, status, model_name, model_version, kind) "
+                               "VALUES (?, 'd', 0, ?, 1, 1, ?, 'm', '1', 'anomaly')",
                                [("old-closed", 5.0, "closed"), ("old-open", None, "open")])
         prune(connection, RetentionSettings(max_age_s=50.0), now=100.0)
         assert connection.execute("SELECT MIN(received_at), COUNT(*) FROM predictions").fetchone() == (50.0, 50)
@@ -115,6 +117,21 @@ def test_a_database_of_an_earlier_release_gains_the_new_columns(tmp_path):
     with connect(db) as connection:
         columns = [row[1] for row in connection.execute("PRAGMA table_info(alerts)")]
     assert columns == list(ALERTS.column_names)
+
+
+def test_an_alerts_table_without_top_sensors_gains_the_column_and_records_them(tmp_path):
+    db = tmp_path / "old.db"
+    earlier = [column for column in ALERTS.columns if column.name != "top_sensors"]
+    with sqlite3.connect(db) as connection:
+        connection.execute(f"CREATE TABLE alerts ({', '.join(f'{c.name} TEXT' for c in earlier)})")
+        connection.execute("INSERT INTO alerts VALUES ('old', 'd', 0, 1, 0.9, 3, 'closed', 'm', '1', 'anomaly', NULL)")
+    why = [{"sensor": "rpm", "share": 0.62}, {"sensor": "pressure", "share": 0.21}]
+    with beam.Pipeline(options=PipelineOptions(runner=LOCAL_RUNNER)) as pipeline:
+        _ = (pipeline | beam.Create([Incident("new", "d", 2.0, None, 0.8, 3, "open", "m", "1", top_sensors=why)])
+             | write_tables(db, (ALERTS,)))
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT incident_id, top_sensors FROM alerts ORDER BY incident_id").fetchall()
+    assert rows == [("new", '[{"sensor":"rpm","share":0.62},{"sensor":"pressure","share":0.21}]'), ("old", None)]
 
 
 def test_tables_have_exactly_the_schema_columns(tmp_path):

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -11,7 +13,14 @@ import pandas as pd
 import pytest
 
 from inference_pipeline.evaluation.accuracy import MATCH_COLUMN
-from inference_pipeline.evaluation.report import _rank_devices, format_summary, plot_devices, write_html
+from inference_pipeline.evaluation.report import (
+    _rank_devices,
+    format_summary,
+    incident_records,
+    plot_devices,
+    top_sensors_text,
+    write_html,
+)
 
 SENSORS = ["flow_rate", "pressure", "vibration_rms"]
 T0 = 1_767_225_600.0
@@ -145,3 +154,51 @@ def test_format_summary_lists_every_value():
     flat = {line.split()[0]: line.split()[1] for line in lines if line.strip()}
     assert flat == {"events_in": "42", "incident.precision": "0.6667", "incident.counts.alerts": "3",
                     "latency.p99_ms": "n/a", "reconcile.balanced": "True"}
+
+
+WHY = '[{"sensor":"rpm","share":0.6243},{"sensor":"pressure","share":0.21},{"sensor":"flow_rate","share":0.0912}]'
+
+
+def _explained_alerts() -> pd.DataFrame:
+    """An anomaly explained (its top sensors as the results table holds them, JSON text), a missing sensor, and an
+    anomaly of a model without contributions."""
+    return _alerts_with_script_id().assign(
+        device_id=["pump-b", "pump-a"], kind=["anomaly", "sensor_missing"], sensor=[None, "flow_rate"],
+        top_sensors=[WHY, '[{"sensor":"flow_rate","share":1.0}]'])
+
+
+def test_top_sensors_read_as_percentages():
+    assert top_sensors_text(WHY) == "rpm 62%, pressure 21%, flow_rate 9%"
+    assert top_sensors_text(json.loads(WHY)[:1]) == "rpm 62%"
+    assert top_sensors_text(None) == top_sensors_text(math.nan) == top_sensors_text("[]") == "n/a"
+
+
+def test_write_html_lists_each_incidents_top_sensors(tmp_path: Path, png: Path):
+    alerts = pd.concat([_explained_alerts(), _explained_alerts().iloc[:1].assign(incident_id="i3", top_sensors=None)])
+    text = _html(tmp_path, png, alerts)
+    assert "<th>top sensors</th>" in text
+    rows = [row for row in text.split("<tr>") if "pump-b" in row]
+    assert "<td>false alarm</td><td>rpm 62%, pressure 21%, flow_rate 9%</td>" in rows[0]
+    assert "<td>n/a</td>" in rows[1]
+    assert "<td>leak</td><td>flow_rate 100%</td>" in next(row for row in text.split("<tr>") if "pump-a" in row)
+
+
+def test_summary_incidents_are_json_records_printed_with_their_top_sensors(tmp_path: Path, png: Path):
+    incidents = incident_records(_explained_alerts())
+    assert [i["incident_id"] for i in incidents] == ["i2", "i1"]  # by start time
+    assert incidents[1] == {"incident_id": "i1", "device_id": "pump-b", "kind": "anomaly", "sensor": None,
+                            "status": "closed", "start_time": T0 + 60, "end_time": T0 + 150, "peak_score": 0.75,
+                            "n_events": 4, MATCH_COLUMN: None, "top_sensors": json.loads(WHY)}
+    assert incidents[0]["end_time"] is None and incidents[0]["top_sensors"] == [{"sensor": "flow_rate", "share": 1.0}]
+    summary = json.loads(json.dumps({**SUMMARY, "incidents": incidents}))  # as summary.json holds it
+    lines = format_summary(summary).splitlines()
+    table = [re.split(r"\s{2,}", line) for line in lines[lines.index("incidents (2)") + 1:]]
+    assert table == [
+        ["device", "start (UTC)", "end (UTC)", "duration (s)", "peak score", "true fault", "top sensors"],
+        ["pump-a", "2026-01-01 00:00:00", "open", "open", "0.9", "leak", "flow_rate 100%"],
+        ["pump-b", "2026-01-01 00:01:00", "2026-01-01 00:02:30", "90", "0.75", "false alarm",
+         "rpm 62%, pressure 21%, flow_rate 9%"]]
+    assert "incident_id" not in format_summary(summary) and "events_in" in lines[0]
+    assert format_summary({"incidents": []}) == "incidents (0)"
+    text = write_html(summary, png, tmp_path / "report.html", _explained_alerts(), {}).read_text(encoding="utf-8")
+    assert "<td>incidents</td>" not in text and "rpm 62%" in text

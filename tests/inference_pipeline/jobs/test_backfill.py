@@ -63,5 +63,60 @@ def test_skab_run_anomalies_score_higher_than_normal_rows(tmp_path):
     written = score_path(SHARED_DATA / "skab" / "valve1" / "1.csv", tmp_path / "1.csv", "datetime")
     out = pd.read_csv(written[0], sep=",")
     test = out.iloc[400:]
-    assert test.loc[test["anomaly"] == 1, "anomaly_score"].mean() > test.loc[test["anomaly"] == 0, "anomaly_score"].mean()
+    anomalous = test["anomaly"] == 1
+    assert test.loc[anomalous, "anomaly_score"].mean() > test.loc[~anomalous, "anomaly_score"].mean()
     assert test.loc[test["anomaly"] == 1, "is_anomaly"].mean() > test.loc[test["anomaly"] == 0, "is_anomaly"].mean()
+
+
+# The detector against the causal rolling z-score on generated series with known anomalies (training.scenarios):
+# PR-AUC per scenario, calibration pooled over every series. benchmarks/detector_scenarios.py runs 5 seeds.
+SEEDS = range(3)
+MAX_NORMAL_OVER_HALF = 0.05  # the band: on every series at most 5 % of normal rows score 0.5 or more
+
+
+@pytest.fixture(scope="module")
+def scenario_scores():
+    from training.scenarios import SCENARIOS, rolling_zscore, scenario
+
+    out = {}
+    for name in SCENARIOS:
+        for seed in SEEDS:
+            generated = scenario(name, seed)
+            out[name, seed] = (generated, score_series(generated.values)[0], rolling_zscore(generated.values, 400))
+    return out
+
+
+def test_each_scenario_ranks_anomalies_at_least_as_well_as_a_rolling_zscore(scenario_scores):
+    from training.scenarios import SCENARIOS, pr_auc
+
+    ours, theirs = {}, {}
+    for name in SCENARIOS:
+        pairs = [(pr_auc(s.labels, mine, s.graded), pr_auc(s.labels, z, s.graded))
+                 for (kind, _), (s, mine, z) in scenario_scores.items() if kind == name]
+        ours[name], theirs[name] = np.mean([p[0] for p in pairs]), np.mean([p[1] for p in pairs])
+        assert ours[name] >= theirs[name] - 0.02, (name, ours[name], theirs[name])
+    assert np.mean(list(ours.values())) >= np.mean(list(theirs.values()))
+
+
+def test_one_threshold_serves_every_series(scenario_scores):
+    from training.scenarios import best_f1
+
+    labels = np.concatenate([s.labels[s.graded] for s, _, _ in scenario_scores.values()])
+    ours = np.concatenate([mine[s.graded] for s, mine, _ in scenario_scores.values()])
+    theirs = np.concatenate([z[s.graded] for s, _, z in scenario_scores.values()])
+    assert best_f1(labels, ours)[0] >= best_f1(labels, theirs)[0]
+    for (name, seed), (s, mine, _) in scenario_scores.items():
+        normal = s.graded & (s.labels == 0)
+        assert (mine[normal] >= 0.5).mean() <= MAX_NORMAL_OVER_HALF, (name, seed)
+
+
+def test_a_new_regime_becomes_normal_within_the_adaptation_horizon():
+    from inference_pipeline.jobs.backfill import BackfillSettings
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(4000, 2)) + np.array([10.0, -4.0])
+    values[1500:, 0] += 8.0  # a lasting change of operating point
+    scores, _ = score_series(values)
+    horizon = BackfillSettings().adaptation_rows
+    assert (scores[1500:1500 + horizon - 100] >= 0.5).mean() > 0.9  # anomalous until the horizon...
+    assert (scores[1500 + horizon + 300:] >= 0.5).mean() < 0.02  # ...then the new normal
