@@ -57,7 +57,7 @@ class ResidualDetector(nn.Module):
     """
 
     def __init__(self, channels: int, lags: int, devices: int, harmonics: int = 3, smoothing: float = 0.1,
-                 clip: float = 5.0, limits: tuple[float, float, float] = (6.0, 8.0, 8.0)):
+                 clip: float = 5.0, limits: tuple[float, float, float] = (5.0, 8.0, 8.0)):
         super().__init__()
         if lags < 2:
             raise ValueError("the detector needs features.lags >= 2")

@@ -38,7 +38,8 @@ class FeatureBatchHandler(ModelHandler[FeatureBatch, PredictionResult, Any]):
         super().__init__()
         self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
-    def score(self, features: np.ndarray, model: Any, device_ids: np.ndarray, times: np.ndarray) -> ModelOutput:
+    def score(self, features: np.ndarray, model: Any, device_ids: np.ndarray | None = None,
+              times: np.ndarray | None = None) -> ModelOutput:
         """The rows' scores; ``device_ids`` and ``times``: each row's device and event time (per-device models)."""
         raise NotImplementedError
 

@@ -184,7 +184,8 @@ class MlflowModelHandler(FeatureBatchHandler):
         if model_path:
             self._set_version(ModelVersion.open(model_path))
 
-    def score(self, features: np.ndarray, model: Any, device_ids: np.ndarray, times: np.ndarray) -> ModelOutput:
+    def score(self, features: np.ndarray, model: Any, device_ids: np.ndarray | None = None,
+              times: np.ndarray | None = None) -> ModelOutput:
         return self._output.of(model.predict(self._input.of(features)), len(features), self._model_id)
 
 

@@ -60,8 +60,8 @@ class TorchAnomalyHandler(FeatureBatchHandler):
         if model_path:
             self._version = ModelVersion.open(model_path)
 
-    def score(self, features: np.ndarray, model: LoadedModel, device_ids: np.ndarray,
-              times: np.ndarray) -> ModelOutput:
+    def score(self, features: np.ndarray, model: LoadedModel, device_ids: np.ndarray | None = None,
+              times: np.ndarray | None = None) -> ModelOutput:
         return model.score(features, device_ids, times)
 
 

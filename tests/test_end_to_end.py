@@ -11,8 +11,7 @@ def test_iotml_run_end_to_end(tmp_path):
     iotml = Path(sys.executable).with_name("iotml")
     result = subprocess.run(
         [str(iotml), "run", "--config", str(REPO / "configs" / "local.yaml"), "--work-dir", str(tmp_path),
-         "--devices", "4", "--duration", "1200", "--set", "simulation.train_duration_s=2400",
-         "--set", "training.epochs=10"],
+         "--devices", "4", "--duration", "1200"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -97,6 +97,16 @@ def seasonal_fit(values: np.ndarray, times: np.ndarray, interval: float,
     return periods, coefficients
 
 
+def harmonic_coefficients(values: np.ndarray, times: np.ndarray, periods: np.ndarray,
+                          settings: DetectorSettings) -> np.ndarray:
+    """Each channel's harmonic coefficients at its given period (S, 2 * harmonics); zeros where the period is 0."""
+    coefficients = np.zeros((values.shape[1], 2 * settings.harmonics))
+    for j in np.flatnonzero(periods > 0):
+        basis = harmonic_basis(times, float(periods[j]), settings.harmonics)
+        coefficients[j], *_ = np.linalg.lstsq(basis, values[:, j] - values[:, j].mean(), rcond=None)
+    return coefficients
+
+
 def _held_out_share(columns: np.ndarray, times: np.ndarray, period: float, harmonics: int) -> np.ndarray:
     """The share of each column's variance in the history's second half that harmonics fitted on its first half
     explain: a season must foretell, not just fit (a spurious one explains nothing it did not see)."""
@@ -151,11 +161,13 @@ def fit_device(history: History, channels: int, lags: int, settings: DetectorSet
     keep = evidence < max(TRIM_AT, float(np.quantile(evidence, 1.0 - settings.max_trim)))
     if keep.all():
         return tables
-    return _fit_tables(History(history.lagged[keep], history.times[keep]), channels, lags, settings, seasonal)
+    # the kept rows have gaps, which an autocorrelation cannot read: the refit keeps the periods found on them all
+    return _fit_tables(History(history.lagged[keep], history.times[keep]), channels, lags, settings, seasonal,
+                       tables["period"].numpy())
 
 
-def _fit_tables(history: History, channels: int, lags: int, settings: DetectorSettings,
-                seasonal: bool) -> dict[str, torch.Tensor]:
+def _fit_tables(history: History, channels: int, lags: int, settings: DetectorSettings, seasonal: bool,
+                periods: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     detector = _detector(channels, lags, 1, settings)
     n = len(history.times)
     x = history.lagged.reshape(n, channels, lags).astype(np.float64)
@@ -164,7 +176,8 @@ def _fit_tables(history: History, channels: int, lags: int, settings: DetectorSe
     interval = interval if interval > 0 else 1.0
     detector.interval[0] = interval
     if seasonal:
-        periods, coefficients = seasonal_fit(newest, history.times, interval, settings)
+        periods, coefficients = (seasonal_fit(newest, history.times, interval, settings) if periods is None
+                                 else (periods, harmonic_coefficients(newest, history.times, periods, settings)))
         detector.period[0] = torch.from_numpy(periods)
         detector.seasonal[0] = torch.from_numpy(coefficients).float()
     lagged = torch.from_numpy(history.lagged.astype(np.float32))
@@ -294,22 +307,28 @@ def shard_errors(network: nn.Module, record: dict, shards: "list[DeviceFeatures]
     return np.concatenate(out) if out else np.empty(0)
 
 
-def follow_drift(detector: ResidualDetector, lagged: np.ndarray, times: np.ndarray, rate: float,
-                 device: int = 1) -> None:
-    """Move ``device``'s location, and its seasonal profile's phase and amplitude, a ``rate`` of the way to what
-    these (normal-looking) rows show: a slow drift, or a season whose period was estimated a little off, becomes
-    the new normal as it happens, at ``rate`` per row."""
+def follow_drift(detector: ResidualDetector, lagged: np.ndarray, times: np.ndarray, quiet: np.ndarray,
+                 rate: float, device: int = 1) -> None:
+    """Move ``device``'s location, and its seasonal profile's phase and amplitude, towards what each channel's
+    ``quiet`` rows (n, S: normal-looking) show, ``rate`` of the way per quiet row: a slow drift, or a season whose
+    period was estimated a little off, becomes the new normal as it happens."""
     if not len(times) or rate <= 0:
         return
-    rate = min(1.0, rate)
     with torch.no_grad():
         devices = torch.full((len(times),), device, dtype=torch.long)
         z = detector.standardised(torch.from_numpy(np.ascontiguousarray(lagged, dtype=np.float32)),
                                   torch.from_numpy(times.astype(np.float64)), devices)[:, :, 0].double().numpy()
         scale = detector.scale[device].double().numpy()
-        for j in np.flatnonzero(detector.period[device].numpy() > 0):
-            basis = harmonic_basis(times, float(detector.period[device, j]), detector.harmonics)
-            gram = basis.T @ basis + len(times) * 1e-3 * np.eye(basis.shape[1])
-            correction = np.linalg.solve(gram, basis.T @ (z[:, j] - z[:, j].mean()))
-            detector.seasonal[device, j] += torch.from_numpy(rate * scale[j] * correction).float()
-        detector.location[device] += torch.from_numpy(rate * scale * z.mean(axis=0)).float()
+        periods = detector.period[device].numpy()
+        for j in range(z.shape[1]):
+            rows = quiet[:, j]
+            step = min(1.0, rate * rows.sum())
+            if step <= 0:
+                continue
+            values = z[rows, j]
+            if periods[j] > 0 and rows.sum() > 2 * detector.harmonics:
+                basis = harmonic_basis(times[rows], float(periods[j]), detector.harmonics)
+                gram = basis.T @ basis + rows.sum() * 1e-3 * np.eye(basis.shape[1])
+                correction = np.linalg.solve(gram, basis.T @ (values - values.mean()))
+                detector.seasonal[device, j] += torch.from_numpy(step * scale[j] * correction).float()
+            detector.location[device, j] += float(step * scale[j] * values.mean())

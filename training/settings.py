@@ -61,7 +61,7 @@ class DetectorSettings(BaseModel):
 
     smoothing: float = Field(0.1, gt=0, lt=1)
     clip: float = Field(5.0, gt=0)
-    limits: tuple[float, float, float] = (6.0, 8.0, 8.0)
+    limits: tuple[float, float, float] = (5.0, 8.0, 8.0)
     harmonics: int = Field(3, ge=1, le=10)
     min_seasonal_share: float = Field(0.2, ge=0, le=1)
     ridge: float = Field(1.0, ge=0)

@@ -60,11 +60,11 @@ def _fit(lagged: np.ndarray, times: np.ndarray, lags: int, settings: DetectorSet
 
 
 def _evidence(detector: ResidualDetector, lagged: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Each row's evidence per channel (n, S): 1.0 is the limit."""
     with torch.no_grad():
         evidence = detector(torch.from_numpy(np.ascontiguousarray(lagged, dtype=np.float32)),
                             torch.from_numpy(times.astype(np.float64)), torch.ones(len(times), dtype=torch.long))
-    return detector_scores(evidence)[0].numpy().astype(np.float64)
-
+    return evidence.numpy().astype(np.float64)
 
 
 def score_series(values: np.ndarray, settings: BackfillSettings = BackfillSettings(),
@@ -87,16 +87,16 @@ def score_series(values: np.ndarray, settings: BackfillSettings = BackfillSettin
     flagged = np.zeros(n, dtype=bool)
     for begin in range(warmup, n, settings.refit_every):
         end = min(n, begin + settings.refit_every)
-        raw[begin:end] = _evidence(detector, lagged[begin:end], times[begin:end])
+        evidence = _evidence(detector, lagged[begin:end], times[begin:end])
+        raw[begin:end] = detector_scores(torch.from_numpy(evidence))[0].numpy()
         flagged[begin:end] = raw[begin:end] >= 1.0
         recent = slice(max(start, end - settings.adaptation_rows), end)
         if end - warmup >= settings.adaptation_rows and flagged[recent].mean() >= settings.regime_share:
             rows = np.arange(max(start, end - warmup), end)
             detector = _fit(lagged[rows], times[rows], lags, settings.detector)
             continue
-        quiet = ~flagged[begin:end]
-        follow_drift(detector, lagged[begin:end][quiet], times[begin:end][quiet],
-                     quiet.sum() / settings.drift_rows)
+        quiet = np.repeat(~flagged[begin:end, None], evidence.shape[1], axis=1)  # a fault's rows move no channel
+        follow_drift(detector, lagged[begin:end], times[begin:end], quiet, 1.0 / settings.drift_rows)
     scores[warmup:] = error_to_score(raw[warmup:], 1.0)
     flags[warmup:] = incident_flags(scores[warmup:], times[warmup:], settings)
     return scores, flags

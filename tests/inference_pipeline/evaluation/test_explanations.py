@@ -1,5 +1,7 @@
 """Every alert says why: which sensors a simulated fault changed, how often an incident's top sensor is one of them
-(hand-built frames), and that figure end to end: the trained fixture's model streaming a faulted fleet.
+(hand-built frames), and that figure end to end: the trained fixture's model (the autoencoder) streaming a faulted
+fleet for eight hours. The default model's figure (the detector): tests/inference_pipeline/jobs/test_fault_benchmark.py
+and benchmarks/fault_types.py.
 
 The end-to-end test measures one seed (the fixture's) over ``DURATION_S`` of stream at ``FAULT_RATE`` faults per
 device-hour, about 30 faults per type. To measure 5 seeds x 30 faults per type, call ``streamed_incidents`` for each
