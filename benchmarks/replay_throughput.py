@@ -216,7 +216,8 @@ def run_baseline(events: Path, version: ModelVersion, rules: EventRules, batch_s
             fills.append(out.filled)
             history[batch.device_id] = out.state
         scaled = np.concatenate(features) * slope + offset
-        scores = model.score(scaled).anomaly_score
+        device_ids = np.repeat(np.array([b.device_id for b in batches], dtype=object), [len(b) for b in batches])
+        scores = model.score(scaled, device_ids, np.concatenate([b.ts for b in batches])).anomaly_score
         flags = (scores >= threshold) & (np.concatenate(fills) >= spec.window)
         predictions += len(flags)
     seconds = time.time() - started
