@@ -178,5 +178,5 @@ def _log_to_run(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> None
 
     client = MlflowClient(tracking_uri)
     for key, value in summary.items():
-        if isinstance(value, (int, float)) and value is not None:
+        if isinstance(value, (int, float)):
             client.log_metric(run_id, f"benchmark_{key}", float(value))
